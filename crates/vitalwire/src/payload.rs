@@ -1,0 +1,321 @@
+//! Handshake payloads: the device's identity and the host's session parameters, carried
+//! encrypted inside the Noise handshake (spec/PROTOCOL.md §4.5).
+//!
+//! ```text
+//! payload  = format:u8 (=1) | kind:u8 | field*
+//! field    = tag:u8 | len:u8 | value[len]
+//! kind     = 0x01 device identity | 0x02 session parameters
+//! ```
+//!
+//! Tags below 0x80 are critical: a receiver that does not know one rejects the payload.
+//! Tags 0x80 and above are optional and skipped when unknown. A tag may appear once.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::DecodeError;
+
+/// Encoding version of handshake payloads.
+pub const PAYLOAD_FORMAT: u8 = 1;
+/// Payload kind: device identity.
+pub const KIND_IDENTITY: u8 = 0x01;
+/// Payload kind: session parameters.
+pub const KIND_PARAMS: u8 = 0x02;
+
+/// Longest device id, model or firmware string, in bytes.
+pub const MAX_TEXT_LEN: usize = 64;
+
+/// Smallest frame-length limit a peer may announce.
+pub const MIN_FRAME_LEN: u16 = 64;
+/// Smallest rekey interval a host may ask for (a REKEY must fit in every key's budget).
+pub const MIN_REKEY_INTERVAL: u32 = 2;
+
+const TAG_DEVICE_ID: u8 = 0x01;
+const TAG_MODEL: u8 = 0x02;
+const TAG_FIRMWARE: u8 = 0x03;
+const TAG_MAX_FRAME: u8 = 0x04;
+
+const TAG_P_MAX_FRAME: u8 = 0x01;
+const TAG_P_REKEY: u8 = 0x02;
+
+/// Who the device says it is. Sent by the initiator, encrypted, in its last handshake message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// Unique device identifier, e.g. a serial number (1 to 64 bytes of UTF-8).
+    pub device_id: String,
+    /// Model name (up to 64 bytes, may be empty).
+    pub model: String,
+    /// Firmware version (up to 64 bytes, may be empty).
+    pub firmware: String,
+    /// The largest stream frame (the value of the length prefix) this device accepts.
+    pub max_frame_len: u16,
+}
+
+impl DeviceIdentity {
+    /// An identity with the given id, empty model and firmware, and the largest frame limit.
+    pub fn new(device_id: impl Into<String>) -> Self {
+        DeviceIdentity {
+            device_id: device_id.into(),
+            model: String::new(),
+            firmware: String::new(),
+            max_frame_len: u16::MAX,
+        }
+    }
+
+    /// Encodes (spec §4.5.1). Fails only for strings or limits outside the allowed ranges.
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        if self.device_id.is_empty() || self.device_id.len() > MAX_TEXT_LEN {
+            return Err(DecodeError::InvalidField(TAG_DEVICE_ID));
+        }
+        if self.model.len() > MAX_TEXT_LEN {
+            return Err(DecodeError::InvalidField(TAG_MODEL));
+        }
+        if self.firmware.len() > MAX_TEXT_LEN {
+            return Err(DecodeError::InvalidField(TAG_FIRMWARE));
+        }
+        if self.max_frame_len < MIN_FRAME_LEN {
+            return Err(DecodeError::InvalidField(TAG_MAX_FRAME));
+        }
+        let mut out = Vec::with_capacity(16 + self.device_id.len() + self.model.len() + self.firmware.len());
+        out.extend_from_slice(&[PAYLOAD_FORMAT, KIND_IDENTITY]);
+        put_field(&mut out, TAG_DEVICE_ID, self.device_id.as_bytes());
+        if !self.model.is_empty() {
+            put_field(&mut out, TAG_MODEL, self.model.as_bytes());
+        }
+        if !self.firmware.is_empty() {
+            put_field(&mut out, TAG_FIRMWARE, self.firmware.as_bytes());
+        }
+        put_field(&mut out, TAG_MAX_FRAME, &self.max_frame_len.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Decodes, checking every rule of spec §4.5.1.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut device_id = None;
+        let mut model = None;
+        let mut firmware = None;
+        let mut max_frame = None;
+        for field in Fields::new(bytes, KIND_IDENTITY)? {
+            let (tag, value) = field?;
+            match tag {
+                TAG_DEVICE_ID => set_once(&mut device_id, tag, text(tag, value, 1)?)?,
+                TAG_MODEL => set_once(&mut model, tag, text(tag, value, 0)?)?,
+                TAG_FIRMWARE => set_once(&mut firmware, tag, text(tag, value, 0)?)?,
+                TAG_MAX_FRAME => {
+                    let v = u16::from_be_bytes(
+                        value.try_into().map_err(|_| DecodeError::InvalidField(tag))?,
+                    );
+                    if v < MIN_FRAME_LEN {
+                        return Err(DecodeError::InvalidField(tag));
+                    }
+                    set_once(&mut max_frame, tag, v)?
+                }
+                t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
+                _ => {}
+            }
+        }
+        Ok(DeviceIdentity {
+            device_id: device_id.ok_or(DecodeError::MissingField(TAG_DEVICE_ID))?,
+            model: model.unwrap_or_default(),
+            firmware: firmware.unwrap_or_default(),
+            max_frame_len: max_frame.ok_or(DecodeError::MissingField(TAG_MAX_FRAME))?,
+        })
+    }
+}
+
+/// What the host decides for the session. Sent by the responder, encrypted, in message 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionParams {
+    /// The largest stream frame (the value of the length prefix) the host accepts.
+    pub max_frame_len: u16,
+    /// Each side sends REKEY at the latest as the `rekey_interval`-th frame under one key.
+    pub rekey_interval: u32,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        SessionParams { max_frame_len: u16::MAX, rekey_interval: 1 << 20 }
+    }
+}
+
+impl SessionParams {
+    /// Checks the ranges of spec §4.5.2.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.max_frame_len < MIN_FRAME_LEN {
+            return Err(DecodeError::InvalidField(TAG_P_MAX_FRAME));
+        }
+        if self.rekey_interval < MIN_REKEY_INTERVAL {
+            return Err(DecodeError::InvalidField(TAG_P_REKEY));
+        }
+        Ok(())
+    }
+
+    /// Encodes (spec §4.5.2).
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        self.validate()?;
+        let mut out = Vec::with_capacity(12);
+        out.extend_from_slice(&[PAYLOAD_FORMAT, KIND_PARAMS]);
+        put_field(&mut out, TAG_P_MAX_FRAME, &self.max_frame_len.to_be_bytes());
+        put_field(&mut out, TAG_P_REKEY, &self.rekey_interval.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Decodes, checking every rule of spec §4.5.2.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut max_frame = None;
+        let mut rekey = None;
+        for field in Fields::new(bytes, KIND_PARAMS)? {
+            let (tag, value) = field?;
+            match tag {
+                TAG_P_MAX_FRAME => set_once(
+                    &mut max_frame,
+                    tag,
+                    u16::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?),
+                )?,
+                TAG_P_REKEY => set_once(
+                    &mut rekey,
+                    tag,
+                    u32::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?),
+                )?,
+                t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
+                _ => {}
+            }
+        }
+        let params = SessionParams {
+            max_frame_len: max_frame.ok_or(DecodeError::MissingField(TAG_P_MAX_FRAME))?,
+            rekey_interval: rekey.ok_or(DecodeError::MissingField(TAG_P_REKEY))?,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    debug_assert!(value.len() <= u8::MAX as usize);
+    out.push(tag);
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+}
+
+fn set_once<T>(slot: &mut Option<T>, tag: u8, value: T) -> Result<(), DecodeError> {
+    if slot.is_some() {
+        return Err(DecodeError::DuplicateField(tag));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn text(tag: u8, value: &[u8], min: usize) -> Result<String, DecodeError> {
+    if value.len() < min || value.len() > MAX_TEXT_LEN {
+        return Err(DecodeError::InvalidField(tag));
+    }
+    core::str::from_utf8(value).map(String::from).map_err(|_| DecodeError::InvalidField(tag))
+}
+
+/// Iterates over the TLV fields after checking the two-byte prefix.
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8], kind: u8) -> Result<Self, DecodeError> {
+        match bytes {
+            [PAYLOAD_FORMAT, k, rest @ ..] if *k == kind => Ok(Fields { rest }),
+            [v, k, ..] => Err(DecodeError::UnsupportedPayload { version: *v, kind: *k }),
+            _ => Err(DecodeError::PayloadTruncated),
+        }
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u8, &'a [u8]), DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.rest {
+            [] => None,
+            [tag, len, rest @ ..] if rest.len() >= *len as usize => {
+                let (value, rest) = rest.split_at(*len as usize);
+                self.rest = rest;
+                Some(Ok((*tag, value)))
+            }
+            _ => {
+                self.rest = &[];
+                Some(Err(DecodeError::PayloadTruncated))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> DeviceIdentity {
+        DeviceIdentity {
+            device_id: "PM-0001".into(),
+            model: "VW-Monitor".into(),
+            firmware: "1.2.3".into(),
+            max_frame_len: 4096,
+        }
+    }
+
+    #[test]
+    fn identity_bytes_are_as_specified() {
+        let bytes = DeviceIdentity { model: String::new(), firmware: String::new(), ..identity() }
+            .encode()
+            .unwrap();
+        assert_eq!(bytes, b"\x01\x01\x01\x07PM-0001\x04\x02\x10\x00");
+        assert_eq!(DeviceIdentity::decode(&bytes).unwrap().device_id, "PM-0001");
+    }
+
+    #[test]
+    fn identity_round_trips_and_skips_optional_unknown_fields() {
+        let mut bytes = identity().encode().unwrap();
+        assert_eq!(DeviceIdentity::decode(&bytes).unwrap(), identity());
+        bytes.extend_from_slice(&[0x90, 2, 0xAA, 0xBB]);
+        assert_eq!(DeviceIdentity::decode(&bytes).unwrap(), identity());
+    }
+
+    #[test]
+    fn identity_rejects_bad_input() {
+        let good = identity().encode().unwrap();
+        // Every truncation is an error, never a panic.
+        for cut in 0..good.len() {
+            assert!(DeviceIdentity::decode(&good[..cut]).is_err(), "cut {cut}");
+        }
+        let mut critical = good.clone();
+        critical.extend_from_slice(&[0x10, 0]);
+        assert_eq!(DeviceIdentity::decode(&critical), Err(DecodeError::UnknownCriticalField(0x10)));
+        let mut dup = good.clone();
+        dup.extend_from_slice(&[0x03, 1, b'x']);
+        assert_eq!(DeviceIdentity::decode(&dup), Err(DecodeError::DuplicateField(0x03)));
+        assert_eq!(
+            DeviceIdentity::decode(b"\x01\x01\x01\x02\xff\xfe\x04\x02\x10\x00"),
+            Err(DecodeError::InvalidField(0x01))
+        );
+        assert_eq!(
+            DeviceIdentity::decode(b"\x02\x01"),
+            Err(DecodeError::UnsupportedPayload { version: 2, kind: 1 })
+        );
+        assert_eq!(DeviceIdentity::decode(b"\x01\x01\x04\x02\x10\x00"), Err(DecodeError::MissingField(1)));
+        assert!(DeviceIdentity::new("").encode().is_err());
+        assert!(DeviceIdentity::new("x".repeat(65)).encode().is_err());
+    }
+
+    #[test]
+    fn params_round_trip_and_range_checks() {
+        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000 };
+        let bytes = p.encode().unwrap();
+        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8");
+        assert_eq!(SessionParams::decode(&bytes), Ok(p));
+        assert!(SessionParams { max_frame_len: 10, ..p }.encode().is_err());
+        assert_eq!(
+            SessionParams::decode(b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x00\x01"),
+            Err(DecodeError::InvalidField(2))
+        );
+        assert_eq!(
+            SessionParams::decode(&identity().encode().unwrap()),
+            Err(DecodeError::UnsupportedPayload { version: 1, kind: 1 })
+        );
+    }
+}

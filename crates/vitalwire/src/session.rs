@@ -1,0 +1,409 @@
+//! An established session: sealing and opening transport frames, in-band rekeying, PING/PONG
+//! and CLOSE (spec/PROTOCOL.md §5-§7).
+//!
+//! ```text
+//!  seal_data(ch, payload, out)                      open(frame) -> Incoming
+//!    out: [len][kind flags ch | payload][tag]         frame: BytesMut from StreamDecoder
+//!          ^ header and payload sealed in place        decrypted in place; the payload is
+//!                                                      handed back as Bytes sliced from it
+//! ```
+//!
+//! Stream frames use implicit nonces: each direction counts its frames from 0, so a dropped,
+//! replayed, reordered or altered frame fails authentication and the session fails closed.
+//! Fatal errors stick: every later call returns the same error, and a CLOSE with the matching
+//! reason is queued for the peer (see [`Session::poll_transmit`]).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::cipher::TransportCipher;
+use crate::error::{DecodeError, Error, ProtocolError};
+use crate::frame::{CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN};
+use crate::handshake::Role;
+use crate::keys::PublicKey;
+use crate::noise::Finished;
+use crate::payload::{DeviceIdentity, SessionParams};
+use crate::profile::{CipherSuite, Profile};
+use crate::stream::LENGTH_PREFIX_LEN;
+
+/// What an opened frame meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// Application data on a channel. The payload shares the receive buffer (no copy).
+    Data {
+        /// Channel number.
+        channel: u8,
+        /// The decrypted payload.
+        payload: Bytes,
+    },
+    /// The peer pinged; a PONG is queued ([`Session::poll_transmit`]).
+    Ping,
+    /// The answer to one of our PINGs.
+    Pong([u8; PING_LEN]),
+    /// The peer switched its sending key; ours for receiving followed.
+    Rekeyed,
+    /// The peer closed the session. A CLOSE answer is queued if we had not sent one.
+    Closed(CloseCode),
+}
+
+/// Session state (spec §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We sent CLOSE; we may still receive until the peer's CLOSE.
+    LocalClosed,
+    /// The peer sent CLOSE.
+    RemoteClosed(CloseCode),
+    /// Both CLOSEs seen.
+    Closed(CloseCode),
+    Failed(Error),
+}
+
+pub(crate) struct SessionSetup {
+    pub role: Role,
+    pub profile: Profile,
+    pub suite: CipherSuite,
+    pub local_max_frame_len: u16,
+    pub peer_max_frame_len: u16,
+    pub rekey_interval: u32,
+    pub peer_identity: Option<DeviceIdentity>,
+    pub params: SessionParams,
+}
+
+/// Counters of a session's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames sealed (all kinds).
+    pub frames_sent: u64,
+    /// Frames opened successfully (all kinds).
+    pub frames_received: u64,
+    /// Rekeys of the sending key.
+    pub rekeys_sent: u64,
+    /// Rekeys of the receiving key.
+    pub rekeys_received: u64,
+}
+
+/// An established, mutually authenticated session.
+pub struct Session {
+    setup: SessionSetup,
+    tx: TransportCipher,
+    rx: TransportCipher,
+    handshake_hash: [u8; 32],
+    remote_static: PublicKey,
+    state: State,
+    tx_under_key: u32,
+    rx_under_key: u32,
+    pending_pong: Option<[u8; PING_LEN]>,
+    pending_close: Option<CloseCode>,
+    stats: SessionStats,
+}
+
+impl core::fmt::Debug for Session {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.setup.role)
+            .field("profile", &self.setup.profile)
+            .field("suite", &self.setup.suite)
+            .field("remote_static", &self.remote_static)
+            .field("state", &self.state)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(setup: SessionSetup, finished: Finished) -> Self {
+        Session {
+            setup,
+            tx: finished.tx,
+            rx: finished.rx,
+            handshake_hash: finished.handshake_hash,
+            remote_static: finished.remote_static,
+            state: State::Open,
+            tx_under_key: 0,
+            rx_under_key: 0,
+            pending_pong: None,
+            pending_close: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.setup.role
+    }
+    /// The handshake profile used.
+    pub fn profile(&self) -> Profile {
+        self.setup.profile
+    }
+    /// The cipher suite used.
+    pub fn suite(&self) -> CipherSuite {
+        self.setup.suite
+    }
+    /// The peer's authenticated static key.
+    pub fn remote_static(&self) -> &PublicKey {
+        &self.remote_static
+    }
+    /// The Noise handshake hash: unique to this session, equal on both ends (the basis of
+    /// channel binding and pairing codes).
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.handshake_hash
+    }
+    /// The device's identity (on the host's side).
+    pub fn peer_identity(&self) -> Option<&DeviceIdentity> {
+        self.setup.peer_identity.as_ref()
+    }
+    /// The session parameters the host chose.
+    pub fn params(&self) -> &SessionParams {
+        &self.setup.params
+    }
+    /// Largest frame body this side accepts (configure the [`crate::StreamDecoder`] with it).
+    pub fn max_frame_len(&self) -> usize {
+        self.setup.local_max_frame_len as usize
+    }
+    /// Largest DATA payload the peer accepts in one frame.
+    pub fn max_payload_len(&self) -> usize {
+        (self.setup.peer_max_frame_len as usize).saturating_sub(FRAME_OVERHEAD)
+    }
+    /// Traffic counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+    /// The error that ended the session, if one did.
+    pub fn error(&self) -> Option<Error> {
+        match self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+    /// Whether the session can still send DATA.
+    pub fn can_send(&self) -> bool {
+        matches!(self.state, State::Open)
+    }
+    /// Whether both sides have closed (or the session failed).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_) | State::Failed(_))
+    }
+
+    /// Seals a DATA frame on `channel` and appends it, length prefix included, to `out`. The
+    /// payload is copied once into `out` and encrypted there. If the rekey interval is due, a
+    /// REKEY frame is appended first.
+    pub fn seal_data(&mut self, channel: u8, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+        self.check_can_send()?;
+        let max = self.max_payload_len();
+        if payload.len() > max {
+            return Err(Error::PayloadTooLarge { len: payload.len(), max });
+        }
+        self.seal_frame(FrameHeader::new(FrameKind::DATA, channel), payload, out)
+    }
+
+    /// Sends a PING carrying 8 opaque bytes (echoed in the PONG).
+    pub fn send_ping(&mut self, opaque: [u8; PING_LEN], out: &mut BytesMut) -> Result<(), Error> {
+        self.check_can_send()?;
+        self.seal_frame(FrameHeader::new(FrameKind::PING, 0), &opaque, out)
+    }
+
+    /// Rekeys the sending direction now: appends a REKEY frame, then switches keys.
+    pub fn rekey(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        self.check_can_send()?;
+        self.seal_rekey(out)
+    }
+
+    /// Closes the session with `code`: appends a CLOSE frame. The session can still receive
+    /// until the peer's CLOSE arrives.
+    pub fn close(&mut self, code: CloseCode, out: &mut BytesMut) -> Result<(), Error> {
+        match self.state {
+            State::Failed(e) => return Err(e),
+            State::Open | State::RemoteClosed(_) => {}
+            State::LocalClosed | State::Closed(_) => return Err(Error::Closed),
+        }
+        self.pending_close = None;
+        self.seal_frame(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), out)?;
+        self.state = match self.state {
+            State::RemoteClosed(c) => State::Closed(c),
+            _ => State::LocalClosed,
+        };
+        Ok(())
+    }
+
+    /// Appends queued control frames (a PONG, a CLOSE answering the peer's or reporting a
+    /// fatal error) to `out`. Returns whether anything was written. Call it after
+    /// [`Session::open`].
+    pub fn poll_transmit(&mut self, out: &mut BytesMut) -> bool {
+        let mut wrote = false;
+        if let Some(opaque) = self.pending_pong.take() {
+            if matches!(self.state, State::Open | State::RemoteClosed(_) | State::LocalClosed) {
+                wrote |= self.seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out).is_ok();
+            }
+        }
+        if let Some(code) = self.pending_close.take() {
+            match self.state {
+                State::RemoteClosed(_) => wrote |= self.close(code, out).is_ok(),
+                State::Failed(_) => {
+                    // Best effort: the session is dead, but the peer deserves to know why.
+                    wrote |= self.seal_frame(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), out).is_ok();
+                }
+                _ => {}
+            }
+        }
+        wrote
+    }
+
+    /// Opens one transport frame body (as split out by the [`crate::StreamDecoder`]).
+    ///
+    /// Any failure of authentication or of the protocol's rules is fatal and sticks; a frame
+    /// of unknown kind is discarded with [`Error::UnknownFrameKind`] and the session goes on.
+    pub fn open(&mut self, mut frame: BytesMut) -> Result<Incoming, Error> {
+        match self.state {
+            State::Failed(e) => return Err(e),
+            State::RemoteClosed(_) | State::Closed(_) => {
+                return Err(self.fail(ProtocolError::FrameAfterClose.into()));
+            }
+            State::Open | State::LocalClosed => {}
+        }
+        if frame.len() > self.max_frame_len() {
+            return Err(self.fail(ProtocolError::FrameTooLarge.into()));
+        }
+        if frame.len() < FRAME_OVERHEAD {
+            return Err(self.fail(DecodeError::FrameTooShort { len: frame.len(), min: FRAME_OVERHEAD }.into()));
+        }
+        let plain_len = match self.rx.open_in_place(&[], &mut frame[..]) {
+            Ok(n) => n,
+            Err(e) => return Err(self.fail(e)),
+        };
+        frame.truncate(plain_len);
+        let header = match FrameHeader::decode([frame[0], frame[1], frame[2]]) {
+            Ok(h) => h,
+            Err(e) => return Err(self.fail(e.into())),
+        };
+        frame.advance(HEADER_LEN);
+        self.stats.frames_received += 1;
+        self.rx_under_key += 1;
+        // spec §6.3: at most `rekey_interval` frames under one key, the last being REKEY.
+        if self.rx_under_key >= self.setup.rekey_interval && header.kind != FrameKind::REKEY {
+            return Err(self.fail(ProtocolError::RekeyOverdue.into()));
+        }
+        match header.kind {
+            FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: frame.freeze() }),
+            FrameKind::PING => {
+                let opaque = self.control_payload::<PING_LEN>(FrameKind::PING, &frame)?;
+                self.pending_pong = Some(opaque);
+                Ok(Incoming::Ping)
+            }
+            FrameKind::PONG => Ok(Incoming::Pong(self.control_payload::<PING_LEN>(FrameKind::PONG, &frame)?)),
+            FrameKind::REKEY => {
+                self.control_payload::<0>(FrameKind::REKEY, &frame)?;
+                self.rx.rekey();
+                self.rx_under_key = 0;
+                self.stats.rekeys_received += 1;
+                Ok(Incoming::Rekeyed)
+            }
+            FrameKind::CLOSE => {
+                let code = CloseCode(u16::from_be_bytes(self.control_payload::<2>(FrameKind::CLOSE, &frame)?));
+                self.state = match self.state {
+                    State::LocalClosed => State::Closed(code),
+                    _ => {
+                        self.pending_close = Some(CloseCode::NORMAL);
+                        State::RemoteClosed(code)
+                    }
+                };
+                Ok(Incoming::Closed(code))
+            }
+            FrameKind(kind) => Err(Error::UnknownFrameKind(kind)),
+        }
+    }
+
+    /// Tells the session the stream has ended. `Ok` only if the peer's CLOSE was received;
+    /// otherwise the session fails with [`Error::Truncated`]: data may have been cut off.
+    pub fn handle_eof(&mut self) -> Result<(), Error> {
+        match self.state {
+            State::RemoteClosed(_) | State::Closed(_) => {
+                self.state = State::Closed(match self.state {
+                    State::RemoteClosed(c) | State::Closed(c) => c,
+                    _ => CloseCode::NORMAL,
+                });
+                Ok(())
+            }
+            State::Failed(e) => Err(e),
+            State::Open | State::LocalClosed => {
+                self.pending_close = None;
+                self.state = State::Failed(Error::Truncated);
+                Err(Error::Truncated)
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn set_send_nonce_for_testing_only(&mut self, nonce: u64) {
+        self.tx.set_nonce_for_testing_only(nonce);
+    }
+
+    fn control_payload<const N: usize>(&mut self, kind: FrameKind, payload: &[u8]) -> Result<[u8; N], Error> {
+        match payload.try_into() {
+            Ok(arr) => Ok(arr),
+            Err(_) => Err(self.fail(ProtocolError::BadControlPayload(kind.0).into())),
+        }
+    }
+
+    fn check_can_send(&self) -> Result<(), Error> {
+        match self.state {
+            State::Open => Ok(()),
+            State::Failed(e) => Err(e),
+            State::RemoteClosed(c) => Err(Error::ClosedByPeer(c)),
+            State::LocalClosed | State::Closed(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Records a fatal error, queues the CLOSE it maps to, and returns it.
+    fn fail(&mut self, e: Error) -> Error {
+        if let State::Failed(first) = self.state {
+            return first;
+        }
+        self.pending_pong = None;
+        self.pending_close = e.close_code();
+        self.state = State::Failed(e);
+        e
+    }
+
+    fn seal_rekey(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        self.seal_one(FrameHeader::new(FrameKind::REKEY, 0), &[], out)?;
+        self.tx.rekey();
+        self.tx_under_key = 0;
+        self.stats.rekeys_sent += 1;
+        Ok(())
+    }
+
+    /// Seals one frame, rekeying first when the interval requires it (spec §6.3).
+    fn seal_frame(&mut self, header: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+        if self.tx_under_key + 1 >= self.setup.rekey_interval {
+            self.seal_rekey(out)?;
+        }
+        self.seal_one(header, payload, out)
+    }
+
+    /// Writes `len || seal(header || payload)` to `out`, encrypting in place.
+    fn seal_one(&mut self, header: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+        let body_len = HEADER_LEN + payload.len() + TAG_LEN;
+        let len = u16::try_from(body_len)
+            .map_err(|_| Error::PayloadTooLarge { len: payload.len(), max: u16::MAX as usize - FRAME_OVERHEAD })?;
+        out.reserve(LENGTH_PREFIX_LEN + body_len);
+        let start = out.len();
+        out.put_u16(len);
+        out.put_slice(&header.encode());
+        out.put_slice(payload);
+        let sealed = self.tx.seal_in_place(&[], &mut out[start + LENGTH_PREFIX_LEN..]);
+        match sealed {
+            Ok(tag) => {
+                out.put_slice(&tag);
+                self.tx_under_key += 1;
+                self.stats.frames_sent += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing half-written leaves this function.
+                out.truncate(start);
+                Err(self.fail(e))
+            }
+        }
+    }
+}
