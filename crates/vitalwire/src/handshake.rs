@@ -297,7 +297,10 @@ impl Handshake {
             }
             _ => {}
         }
-        config.identity.encode().map_err(|_| Error::Config("device identity out of range"))?;
+        config
+            .identity
+            .encode()
+            .map_err(|_| Error::Config("device identity out of range"))?;
         Ok(Handshake {
             profile: Some(config.profile),
             suite: Some(config.suite),
@@ -313,7 +316,10 @@ impl Handshake {
 
     /// Starts the host's side; it waits for a HELLO.
     pub fn responder(config: ResponderConfig) -> Result<Self, Error> {
-        config.params.validate().map_err(|_| Error::Config("session parameters out of range"))?;
+        config
+            .params
+            .validate()
+            .map_err(|_| Error::Config("session parameters out of range"))?;
         Ok(Handshake {
             side: Side::Responder(config),
             profile: None,
@@ -367,7 +373,9 @@ impl Handshake {
 
     /// Whether every handshake message has been sent and received.
     pub fn is_finished(&self) -> bool {
-        self.noise.as_ref().is_some_and(|n| n.is_handshake_finished())
+        self.noise
+            .as_ref()
+            .is_some_and(|n| n.is_handshake_finished())
     }
 
     /// The error that ended the handshake, if one did.
@@ -382,7 +390,10 @@ impl Handshake {
 
     /// The peer's static key, once the Noise handshake has revealed it.
     pub fn remote_static(&self) -> Option<PublicKey> {
-        self.noise.as_ref()?.get_remote_static().and_then(|k| PublicKey::from_slice(k).ok())
+        self.noise
+            .as_ref()?
+            .get_remote_static()
+            .and_then(|k| PublicKey::from_slice(k).ok())
     }
 
     fn fail(&mut self, e: impl Into<Error>) -> Error {
@@ -399,7 +410,11 @@ impl Handshake {
 
     /// Index of the message that carries the initiator's identity: its last one.
     fn identity_index(profile: Profile) -> usize {
-        if profile.message_count() == 3 { 2 } else { 0 }
+        if profile.message_count() == 3 {
+            2
+        } else {
+            0
+        }
     }
 
     /// Appends the next handshake frame (length prefix included) to `out`.
@@ -412,7 +427,9 @@ impl Handshake {
             return Err(e);
         }
         if !self.wants_write() {
-            return Err(Error::Config("not this side's turn to write a handshake message"));
+            return Err(Error::Config(
+                "not this side's turn to write a handshake message",
+            ));
         }
         match self.write_inner() {
             Ok(frame) => {
@@ -427,7 +444,9 @@ impl Handshake {
     fn write_inner(&mut self) -> Result<Vec<u8>, Error> {
         let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
         let payload = match &self.side {
-            Side::Initiator(c) if self.index == Self::identity_index(profile) => c.identity.encode()?,
+            Side::Initiator(c) if self.index == Self::identity_index(profile) => {
+                c.identity.encode()?
+            }
             Side::Initiator(_) => Vec::new(),
             Side::Responder(c) => c.params.encode()?,
         };
@@ -459,10 +478,15 @@ impl Handshake {
         } else {
             frame = vec![TYPE_HANDSHAKE];
         }
-        let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
+        let noise = self
+            .noise
+            .as_mut()
+            .ok_or(HandshakeError::UnexpectedMessage)?;
         let start = frame.len();
         frame.resize(start + MAX_HANDSHAKE_FRAME_LEN, 0);
-        let n = noise.write_message(&payload, &mut frame[start..]).map_err(noise::map_err)?;
+        let n = noise
+            .write_message(&payload, &mut frame[start..])
+            .map_err(noise::map_err)?;
         frame.truncate(start + n);
         Ok(frame)
     }
@@ -529,9 +553,14 @@ impl Handshake {
 
     fn read_noise(&mut self, message: &[u8]) -> Result<(), Error> {
         let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
-        let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
+        let noise = self
+            .noise
+            .as_mut()
+            .ok_or(HandshakeError::UnexpectedMessage)?;
         let mut payload = vec![0u8; message.len()];
-        let n = noise.read_message(message, &mut payload).map_err(noise::map_err)?;
+        let n = noise
+            .read_message(message, &mut payload)
+            .map_err(noise::map_err)?;
         let payload = &payload[..n];
         match &self.side {
             Side::Responder(_) if self.index == Self::identity_index(profile) => {
@@ -567,7 +596,9 @@ impl Handshake {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let (Some(noise_state), Some(profile), Some(suite)) = (self.noise.take(), self.profile, self.suite) else {
+        let (Some(noise_state), Some(profile), Some(suite)) =
+            (self.noise.take(), self.profile, self.suite)
+        else {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
         let finished = noise::finish(noise_state, suite)?;
@@ -586,7 +617,10 @@ impl Handshake {
                 }
             }
             Side::Responder(c) => {
-                let identity = self.peer_identity.take().ok_or(HandshakeError::UnexpectedMessage)?;
+                let identity = self
+                    .peer_identity
+                    .take()
+                    .ok_or(HandshakeError::UnexpectedMessage)?;
                 SessionSetup {
                     role: Role::Responder,
                     profile,
@@ -609,26 +643,39 @@ impl Handshake {
 fn accept_hello(
     c: &ResponderConfig,
     h: &hello::Hello<'_>,
-) -> Result<(Profile, CipherSuite, Option<PublicKey>, Option<Psk>), (RejectReason, HandshakeError)> {
+) -> Result<(Profile, CipherSuite, Option<PublicKey>, Option<Psk>), (RejectReason, HandshakeError)>
+{
     use RejectReason as R;
     if h.version != PROTOCOL_VERSION {
-        return Err((R::UnsupportedVersion, HandshakeError::UnsupportedVersion(h.version)));
+        return Err((
+            R::UnsupportedVersion,
+            HandshakeError::UnsupportedVersion(h.version),
+        ));
     }
-    let profile = Profile::from_code(h.profile)
-        .ok_or((R::UnsupportedProfile, HandshakeError::UnsupportedProfile(h.profile)))?;
+    let profile = Profile::from_code(h.profile).ok_or((
+        R::UnsupportedProfile,
+        HandshakeError::UnsupportedProfile(h.profile),
+    ))?;
     if !c.profiles.contains(&profile) {
-        return Err((R::UnsupportedProfile, HandshakeError::ProfileNotAccepted(profile)));
+        return Err((
+            R::UnsupportedProfile,
+            HandshakeError::ProfileNotAccepted(profile),
+        ));
     }
-    let suite = CipherSuite::from_code(h.suite)
-        .ok_or((R::UnsupportedSuite, HandshakeError::UnsupportedSuite(h.suite)))?;
+    let suite = CipherSuite::from_code(h.suite).ok_or((
+        R::UnsupportedSuite,
+        HandshakeError::UnsupportedSuite(h.suite),
+    ))?;
     if !c.suites.contains(&suite) {
         return Err((R::UnsupportedSuite, HandshakeError::SuiteNotAccepted));
     }
     let directory = c.directory.as_deref();
     match profile {
         Profile::Kk => {
-            let id: [u8; KEY_ID_LEN] =
-                h.hint.try_into().map_err(|_| (R::Malformed, HandshakeError::UnexpectedPayload))?;
+            let id: [u8; KEY_ID_LEN] = h
+                .hint
+                .try_into()
+                .map_err(|_| (R::Malformed, HandshakeError::UnexpectedPayload))?;
             let key = directory
                 .and_then(|d| d.device_key(&KeyId(id)))
                 .ok_or((R::UnknownCredential, HandshakeError::UnknownPeerKey))?;

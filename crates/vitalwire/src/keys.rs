@@ -30,9 +30,10 @@ impl PublicKey {
 
     /// From a slice, checking the length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| KeyError::WrongLength { expected: KEY_LEN, actual: bytes.len() })?;
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength {
+            expected: KEY_LEN,
+            actual: bytes.len(),
+        })?;
         Ok(PublicKey(arr))
     }
 
@@ -86,9 +87,10 @@ impl PrivateKey {
 
     /// From a slice, checking the length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| KeyError::WrongLength { expected: KEY_LEN, actual: bytes.len() })?;
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength {
+            expected: KEY_LEN,
+            actual: bytes.len(),
+        })?;
         Ok(PrivateKey(arr))
     }
 
@@ -157,7 +159,9 @@ impl Keypair {
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keypair").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("Keypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,9 +177,10 @@ impl Psk {
 
     /// From a slice, checking the length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| KeyError::WrongLength { expected: KEY_LEN, actual: bytes.len() })?;
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength {
+            expected: KEY_LEN,
+            actual: bytes.len(),
+        })?;
         Ok(Psk(arr))
     }
 
@@ -232,7 +237,8 @@ mod tests {
     fn public_key_matches_rfc7748() {
         // RFC 7748 §6.1, Alice.
         let private = PrivateKey::from_slice(
-            &hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap(),
+            &hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -244,7 +250,11 @@ mod tests {
     #[test]
     fn debug_never_prints_secrets() {
         let kp = Keypair::from_private(PrivateKey::from_bytes([0xAB; 32]));
-        let text = alloc::format!("{kp:?} {:?} {:?}", kp.private(), Psk::from_bytes([0xCD; 32]));
+        let text = alloc::format!(
+            "{kp:?} {:?} {:?}",
+            kp.private(),
+            Psk::from_bytes([0xCD; 32])
+        );
         assert!(!text.contains("abab") && !text.contains("cdcd") && !text.contains("171"));
         assert!(text.contains("redacted"));
     }
@@ -256,7 +266,10 @@ mod tests {
         assert_ne!(a.public(), b.public());
         assert_eq!(
             PublicKey::from_slice(&[0; 31]),
-            Err(KeyError::WrongLength { expected: 32, actual: 31 })
+            Err(KeyError::WrongLength {
+                expected: 32,
+                actual: 31
+            })
         );
         assert!(Psk::from_slice(&[0; 33]).is_err());
     }

@@ -90,7 +90,9 @@ pub mod testing;
 
 pub use error::{DecodeError, Error, HandshakeError, KeyError, ProtocolError, RejectReason};
 pub use frame::{CloseCode, FrameKind};
-pub use handshake::{Handshake, InitiatorConfig, PeerDirectory, ResponderConfig, Role, StaticDirectory};
+pub use handshake::{
+    Handshake, InitiatorConfig, PeerDirectory, ResponderConfig, Role, StaticDirectory,
+};
 #[cfg(feature = "std")]
 pub use keys::OsEntropy;
 pub use keys::{EntropyError, EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey};

@@ -17,7 +17,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::cipher::TransportCipher;
 use crate::error::{DecodeError, Error, ProtocolError};
-use crate::frame::{CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN};
+use crate::frame::{
+    CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN,
+};
 use crate::handshake::Role;
 use crate::keys::PublicKey;
 use crate::noise::Finished;
@@ -188,11 +190,19 @@ impl Session {
     /// Seals a DATA frame on `channel` and appends it, length prefix included, to `out`. The
     /// payload is copied once into `out` and encrypted there. If the rekey interval is due, a
     /// REKEY frame is appended first.
-    pub fn seal_data(&mut self, channel: u8, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+    pub fn seal_data(
+        &mut self,
+        channel: u8,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
         self.check_can_send()?;
         let max = self.max_payload_len();
         if payload.len() > max {
-            return Err(Error::PayloadTooLarge { len: payload.len(), max });
+            return Err(Error::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            });
         }
         self.seal_frame(FrameHeader::new(FrameKind::DATA, channel), payload, out)
     }
@@ -218,7 +228,11 @@ impl Session {
             State::LocalClosed | State::Closed(_) => return Err(Error::Closed),
         }
         self.pending_close = None;
-        self.seal_frame(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), out)?;
+        self.seal_frame(
+            FrameHeader::new(FrameKind::CLOSE, 0),
+            &code.0.to_be_bytes(),
+            out,
+        )?;
         self.state = match self.state {
             State::RemoteClosed(c) => State::Closed(c),
             _ => State::LocalClosed,
@@ -232,8 +246,13 @@ impl Session {
     pub fn poll_transmit(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
         if let Some(opaque) = self.pending_pong.take() {
-            if matches!(self.state, State::Open | State::RemoteClosed(_) | State::LocalClosed) {
-                wrote |= self.seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out).is_ok();
+            if matches!(
+                self.state,
+                State::Open | State::RemoteClosed(_) | State::LocalClosed
+            ) {
+                wrote |= self
+                    .seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out)
+                    .is_ok();
             }
         }
         if let Some(code) = self.pending_close.take() {
@@ -241,7 +260,13 @@ impl Session {
                 State::RemoteClosed(_) => wrote |= self.close(code, out).is_ok(),
                 State::Failed(_) => {
                     // Best effort: the session is dead, but the peer deserves to know why.
-                    wrote |= self.seal_frame(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), out).is_ok();
+                    wrote |= self
+                        .seal_frame(
+                            FrameHeader::new(FrameKind::CLOSE, 0),
+                            &code.0.to_be_bytes(),
+                            out,
+                        )
+                        .is_ok();
                 }
                 _ => {}
             }
@@ -265,7 +290,13 @@ impl Session {
             return Err(self.fail(ProtocolError::FrameTooLarge.into()));
         }
         if frame.len() < FRAME_OVERHEAD {
-            return Err(self.fail(DecodeError::FrameTooShort { len: frame.len(), min: FRAME_OVERHEAD }.into()));
+            return Err(self.fail(
+                DecodeError::FrameTooShort {
+                    len: frame.len(),
+                    min: FRAME_OVERHEAD,
+                }
+                .into(),
+            ));
         }
         let plain_len = match self.rx.open_in_place(&[], &mut frame[..]) {
             Ok(n) => n,
@@ -284,13 +315,18 @@ impl Session {
             return Err(self.fail(ProtocolError::RekeyOverdue.into()));
         }
         match header.kind {
-            FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: frame.freeze() }),
+            FrameKind::DATA => Ok(Incoming::Data {
+                channel: header.channel,
+                payload: frame.freeze(),
+            }),
             FrameKind::PING => {
                 let opaque = self.control_payload::<PING_LEN>(FrameKind::PING, &frame)?;
                 self.pending_pong = Some(opaque);
                 Ok(Incoming::Ping)
             }
-            FrameKind::PONG => Ok(Incoming::Pong(self.control_payload::<PING_LEN>(FrameKind::PONG, &frame)?)),
+            FrameKind::PONG => Ok(Incoming::Pong(
+                self.control_payload::<PING_LEN>(FrameKind::PONG, &frame)?,
+            )),
             FrameKind::REKEY => {
                 self.control_payload::<0>(FrameKind::REKEY, &frame)?;
                 self.rx.rekey();
@@ -299,7 +335,9 @@ impl Session {
                 Ok(Incoming::Rekeyed)
             }
             FrameKind::CLOSE => {
-                let code = CloseCode(u16::from_be_bytes(self.control_payload::<2>(FrameKind::CLOSE, &frame)?));
+                let code = CloseCode(u16::from_be_bytes(
+                    self.control_payload::<2>(FrameKind::CLOSE, &frame)?,
+                ));
                 self.state = match self.state {
                     State::LocalClosed => State::Closed(code),
                     _ => {
@@ -333,12 +371,38 @@ impl Session {
         }
     }
 
+    /// Seals a frame with an arbitrary header (unknown kinds, reserved flags), to test how a
+    /// peer handles authentic frames that break the rules.
+    #[doc(hidden)]
+    pub fn seal_raw_for_testing_only(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        channel: u8,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.seal_one(
+            FrameHeader {
+                kind: FrameKind(kind),
+                flags,
+                channel,
+            },
+            payload,
+            out,
+        )
+    }
+
     #[doc(hidden)]
     pub fn set_send_nonce_for_testing_only(&mut self, nonce: u64) {
         self.tx.set_nonce_for_testing_only(nonce);
     }
 
-    fn control_payload<const N: usize>(&mut self, kind: FrameKind, payload: &[u8]) -> Result<[u8; N], Error> {
+    fn control_payload<const N: usize>(
+        &mut self,
+        kind: FrameKind,
+        payload: &[u8],
+    ) -> Result<[u8; N], Error> {
         match payload.try_into() {
             Ok(arr) => Ok(arr),
             Err(_) => Err(self.fail(ProtocolError::BadControlPayload(kind.0).into())),
@@ -374,7 +438,12 @@ impl Session {
     }
 
     /// Seals one frame, rekeying first when the interval requires it (spec §6.3).
-    fn seal_frame(&mut self, header: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+    fn seal_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
         if self.tx_under_key + 1 >= self.setup.rekey_interval {
             self.seal_rekey(out)?;
         }
@@ -382,16 +451,25 @@ impl Session {
     }
 
     /// Writes `len || seal(header || payload)` to `out`, encrypting in place.
-    fn seal_one(&mut self, header: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+    fn seal_one(
+        &mut self,
+        header: FrameHeader,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
         let body_len = HEADER_LEN + payload.len() + TAG_LEN;
-        let len = u16::try_from(body_len)
-            .map_err(|_| Error::PayloadTooLarge { len: payload.len(), max: u16::MAX as usize - FRAME_OVERHEAD })?;
+        let len = u16::try_from(body_len).map_err(|_| Error::PayloadTooLarge {
+            len: payload.len(),
+            max: u16::MAX as usize - FRAME_OVERHEAD,
+        })?;
         out.reserve(LENGTH_PREFIX_LEN + body_len);
         let start = out.len();
         out.put_u16(len);
         out.put_slice(&header.encode());
         out.put_slice(payload);
-        let sealed = self.tx.seal_in_place(&[], &mut out[start + LENGTH_PREFIX_LEN..]);
+        let sealed = self
+            .tx
+            .seal_in_place(&[], &mut out[start + LENGTH_PREFIX_LEN..]);
         match sealed {
             Ok(tag) => {
                 out.put_slice(&tag);

@@ -1,0 +1,144 @@
+//! spec/vectors must be what the code produces: regenerate every transcript and compare with
+//! the checked-in files, then replay each file's responder side from the file alone.
+
+#[path = "../examples/gen_vectors/transcript.rs"]
+mod transcript;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use vitalwire::*;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../spec/vectors");
+
+#[test]
+fn checked_in_vectors_match_the_code() {
+    let files = transcript::all();
+    assert_eq!(files.len(), 8);
+    for (name, text) in files {
+        let path = format!("{DIR}/{name}");
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!("{path} missing: run `cargo run -p vitalwire --example gen_vectors`")
+        });
+        assert!(
+            on_disk == text,
+            "{path} differs from what the code produces: the wire format changed. Update \
+             spec/PROTOCOL.md and run `cargo run -p vitalwire --example gen_vectors`."
+        );
+    }
+}
+
+fn hexv(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap()).unwrap()
+}
+
+/// Uses only what is in the JSON: the responder's keys, the initiator's frames as input, and
+/// checks the responder's frames and every decoded transport frame.
+#[test]
+fn vectors_replay_from_the_files_alone() {
+    for entry in std::fs::read_dir(DIR).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let r = &v["responder"];
+        let i = &v["initiator"];
+        let mut dir = StaticDirectory::new();
+        dir.add_device_key(PublicKey::from_slice(&hexv(&i["static_public"])).unwrap());
+        if !i["psk_id"].as_str().unwrap().is_empty() {
+            dir.add_psk(
+                &hexv(&i["psk_id"]),
+                Psk::from_slice(&hexv(&i["psk"])).unwrap(),
+            );
+        }
+        let params = SessionParams {
+            max_frame_len: r["params"]["max_frame_len"].as_u64().unwrap() as u16,
+            rekey_interval: r["params"]["rekey_interval"].as_u64().unwrap() as u32,
+        };
+        let mut host = Handshake::responder(
+            ResponderConfig::new(Keypair::from_private(
+                PrivateKey::from_slice(&hexv(&r["static_private"])).unwrap(),
+            ))
+            .params(params)
+            .directory(std::sync::Arc::new(dir))
+            .fixed_ephemeral_for_testing_only(
+                PrivateKey::from_slice(&hexv(&r["ephemeral_private"])).unwrap(),
+            ),
+        )
+        .unwrap();
+        let mut session: Option<Session> = None;
+        let mut pending_out = BytesMut::new();
+        for f in v["frames"].as_array().unwrap() {
+            let wire = hexv(&f["wire"]);
+            let from_initiator = f["from"] == "initiator";
+            if f["phase"] == "handshake" {
+                if from_initiator {
+                    let mut buf = BytesMut::from(&wire[..]);
+                    let body = StreamDecoder::new(1024).decode(&mut buf).unwrap().unwrap();
+                    host.read_message(&body).unwrap();
+                } else {
+                    let mut out = BytesMut::new();
+                    host.write_message(&mut out).unwrap();
+                    assert_eq!(hex::encode(&out), hex::encode(&wire), "{path:?}");
+                }
+                continue;
+            }
+            if session.is_none() {
+                let h = std::mem::replace(
+                    &mut host,
+                    Handshake::responder(ResponderConfig::new(Keypair::from_private(
+                        PrivateKey::from_bytes([1; 32]),
+                    )))
+                    .unwrap(),
+                );
+                let s = h.into_session().unwrap();
+                assert_eq!(
+                    hex::encode(s.handshake_hash()),
+                    v["handshake_hash"].as_str().unwrap()
+                );
+                session = Some(s);
+            }
+            let s = session.as_mut().unwrap();
+            if from_initiator {
+                let mut buf = BytesMut::from(&wire[..]);
+                let body = StreamDecoder::new(s.max_frame_len())
+                    .decode(&mut buf)
+                    .unwrap()
+                    .unwrap();
+                let got = s.open(body).unwrap();
+                let expected_payload = hexv(&f["payload"]);
+                match (f["kind"].as_str().unwrap(), got) {
+                    ("DATA", Incoming::Data { channel, payload }) => {
+                        assert_eq!(channel as u64, f["channel"].as_u64().unwrap());
+                        assert_eq!(payload.to_vec(), expected_payload);
+                    }
+                    ("PING", Incoming::Ping) | ("REKEY", Incoming::Rekeyed) => {}
+                    ("CLOSE", Incoming::Closed(c)) => {
+                        assert_eq!(c.0.to_be_bytes().to_vec(), expected_payload)
+                    }
+                    (k, other) => panic!("{path:?}: expected {k}, got {other:?}"),
+                }
+            } else {
+                // The responder's transport frames must be reproduced byte for byte.
+                let mut out = std::mem::take(&mut pending_out);
+                if out.is_empty() {
+                    match f["kind"].as_str().unwrap() {
+                        "DATA" => s
+                            .seal_data(
+                                f["channel"].as_u64().unwrap() as u8,
+                                &hexv(&f["payload"]),
+                                &mut out,
+                            )
+                            .unwrap(),
+                        "PONG" | "CLOSE" => assert!(s.poll_transmit(&mut out)),
+                        k => panic!("unexpected responder frame {k}"),
+                    }
+                }
+                let produced = out.split_to(wire.len().min(out.len()));
+                pending_out = out;
+                assert_eq!(hex::encode(&produced), hex::encode(&wire), "{path:?}");
+            }
+        }
+        assert!(session.unwrap().is_closed());
+    }
+}
