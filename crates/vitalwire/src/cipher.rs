@@ -23,37 +23,27 @@ pub const CIPHER_KEY_LEN: usize = 32;
 pub const MAX_NONCE: u64 = u64::MAX;
 
 /// Which implementation runs the AEAD.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Backend {
-    /// ring's assembly implementations (`std` feature).
+    /// ring's assembly implementations (`std` feature; the default there).
     #[cfg(feature = "std")]
+    #[default]
     Ring,
-    /// The portable RustCrypto implementations.
+    /// The portable RustCrypto implementations (the default without `std`).
+    #[cfg_attr(not(feature = "std"), default)]
     Portable,
 }
 
-impl Default for Backend {
-    fn default() -> Self {
-        #[cfg(feature = "std")]
-        {
-            Backend::Ring
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            Backend::Portable
-        }
-    }
-}
-
+/// The key schedules live inline (no allocation on rekey); the enum is as large as its
+/// largest variant, a price paid once per direction per session.
+#[allow(clippy::large_enum_variant)]
 enum Aead {
     #[cfg(feature = "std")]
     Ring(ring::aead::LessSafeKey),
-    ChaCha(Box<chacha20poly1305::ChaCha20Poly1305>),
-    AesGcm(Box<aes_gcm::Aes256Gcm>),
+    ChaCha(chacha20poly1305::ChaCha20Poly1305),
+    AesGcm(aes_gcm::Aes256Gcm),
 }
-
-use alloc::boxed::Box;
 
 /// One direction's cipher: a key and the next nonce.
 pub struct TransportCipher {
@@ -95,12 +85,10 @@ fn make_aead(suite: CipherSuite, backend: Backend, key: &[u8; CIPHER_KEY_LEN]) -
             Aead::Ring(ring::aead::LessSafeKey::new(unbound))
         }
         Backend::Portable => match suite {
-            CipherSuite::ChaChaPolyBlake2s => Aead::ChaCha(Box::new(
-                chacha20poly1305::ChaCha20Poly1305::new(key.into()),
-            )),
-            CipherSuite::AesGcmSha256 => {
-                Aead::AesGcm(Box::new(aes_gcm::Aes256Gcm::new(key.into())))
+            CipherSuite::ChaChaPolyBlake2s => {
+                Aead::ChaCha(chacha20poly1305::ChaCha20Poly1305::new(key.into()))
             }
+            CipherSuite::AesGcmSha256 => Aead::AesGcm(aes_gcm::Aes256Gcm::new(key.into())),
         },
     }
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one test command: everything CI checks, from a fresh clone.
+# Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "no_std build of the core (cargo build -p vitalwire --no-default-features)"
+cargo build -p vitalwire --no-default-features
+
+step "lints (cargo clippy, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests (cargo test --workspace)"
+cargo test --workspace
+
+printf '\nall checks passed\n'
