@@ -100,3 +100,8 @@ pub use payload::{DeviceIdentity, SessionParams};
 pub use profile::{CipherSuite, Profile, PROTOCOL_VERSION};
 pub use session::{Incoming, Session, SessionStats};
 pub use stream::StreamDecoder;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
