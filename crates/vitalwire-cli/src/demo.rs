@@ -61,13 +61,14 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
 
     // Provision the devices: one profile each in turn, alternating suites.
     let mut devices = Vec::new();
-    let mut directory = StaticDirectory::new();
-    directory.add_psk(&psk_id, psk.clone());
+    let mut psks = StaticPskDirectory::new();
+    psks.add(&psk_id, psk.clone());
+    let mut allowlist = TrustList::new();
     for n in 0..opts.devices {
         let profile = Profile::ALL[n % Profile::ALL.len()];
         let suite = CipherSuite::ALL[(n + n / Profile::ALL.len()) % CipherSuite::ALL.len()];
         let keys = Keypair::generate().map_err(|e| e.to_string())?;
-        directory.add_device_key(*keys.public());
+        allowlist.add(*keys.public(), &format!("PM-{:04}", n + 1), "demo bed", 0);
         devices.push(Provisioned {
             id: format!("PM-{:04}", n + 1),
             profile,
@@ -85,7 +86,8 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     );
 
     let (events_tx, events_rx) = mpsc::channel();
-    let directory: Arc<dyn PeerDirectory> = Arc::new(directory);
+    let psks: Arc<dyn PskDirectory> = Arc::new(psks);
+    let trust: Arc<dyn TrustPolicy> = Arc::new(TrustStore::in_memory(allowlist));
     let params = SessionParams {
         max_frame_len: 4096,
         rekey_interval: 64,
@@ -100,9 +102,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                 let Ok((stream, peer)) = listener.accept() else {
                     break;
                 };
-                let config = ResponderConfig::new(host_keys.clone())
+                let config = ResponderConfig::new(host_keys.clone(), trust.clone())
                     .params(params)
-                    .directory(directory.clone());
+                    .psk_directory(psks.clone());
                 let events_tx = events_tx.clone();
                 workers.push(thread::spawn(move || {
                     serve(stream, peer.to_string(), config, events_tx)

@@ -96,9 +96,18 @@ pub enum HandshakeError {
     /// The responder refused the HELLO (unauthenticated notice from the peer).
     #[error("peer rejected the handshake: {0}")]
     Rejected(RejectReason),
-    /// KK: the device's key id is not in the host's directory.
-    #[error("unknown device key id")]
-    UnknownPeerKey,
+    /// The device's key is not trusted by the host (or, for KK, its key id is unknown).
+    #[error("device key not trusted by this host")]
+    UnknownPeer,
+    /// The device's key has been revoked.
+    #[error("device key revoked")]
+    RevokedPeer,
+    /// The device asked to pair but this host does not accept pairing now.
+    #[error("pairing not allowed by this host")]
+    PairingNotAllowed,
+    /// The pairing nonce does not open the commitment sent in message 1: tampering.
+    #[error("pairing commitment mismatch")]
+    PairingCommitmentMismatch,
     /// XXpsk3: the pre-shared-key id is not in the host's directory.
     #[error("unknown pre-shared key id")]
     UnknownPsk,
@@ -147,6 +156,8 @@ pub enum RejectReason {
     UnknownCredential,
     /// HELLO could not be parsed.
     Malformed,
+    /// The device asked to pair and the host does not accept pairing.
+    PairingNotAllowed,
     /// A code this version does not know.
     Other(u8),
 }
@@ -160,6 +171,7 @@ impl RejectReason {
             RejectReason::UnsupportedSuite => 3,
             RejectReason::UnknownCredential => 4,
             RejectReason::Malformed => 5,
+            RejectReason::PairingNotAllowed => 6,
             RejectReason::Other(c) => c,
         }
     }
@@ -172,6 +184,7 @@ impl RejectReason {
             3 => RejectReason::UnsupportedSuite,
             4 => RejectReason::UnknownCredential,
             5 => RejectReason::Malformed,
+            6 => RejectReason::PairingNotAllowed,
             c => RejectReason::Other(c),
         }
     }
@@ -185,6 +198,7 @@ impl core::fmt::Display for RejectReason {
             RejectReason::UnsupportedSuite => f.write_str("unsupported cipher suite"),
             RejectReason::UnknownCredential => f.write_str("unknown credential"),
             RejectReason::Malformed => f.write_str("malformed HELLO"),
+            RejectReason::PairingNotAllowed => f.write_str("pairing not allowed"),
             RejectReason::Other(c) => write!(f, "reason code {c}"),
         }
     }
@@ -213,6 +227,12 @@ pub enum ProtocolError {
     /// A frame larger than this side's announced limit.
     #[error("frame larger than the announced maximum")]
     FrameTooLarge,
+    /// A transport frame too short or otherwise malformed.
+    #[error("malformed transport frame")]
+    Malformed,
+    /// DATA in a pairing session, which carries no application data.
+    #[error("DATA frame in a pairing session")]
+    DataInPairingSession,
 }
 
 /// Problems with key material given to the library.
@@ -279,6 +299,13 @@ pub enum Error {
     /// Key material problem.
     #[error("key error: {0}")]
     Key(#[from] KeyError),
+    /// The peer is no longer trusted (revoked during the session).
+    #[error("peer no longer trusted")]
+    Unauthorized,
+    /// A pairing session carries no application data; re-establish a normal session after the
+    /// pairing is confirmed.
+    #[error("pairing session: no application data until a normal session is established")]
+    PairingSession,
 }
 
 impl Error {
@@ -304,6 +331,7 @@ impl Error {
             Error::Protocol(ProtocolError::FrameTooLarge) => Some(CloseCode::FRAME_TOO_LARGE),
             Error::Protocol(_) => Some(CloseCode::PROTOCOL_ERROR),
             Error::AuthenticationFailed => Some(CloseCode::AUTHENTICATION_FAILED),
+            Error::Unauthorized => Some(CloseCode::UNAUTHORIZED),
             // No nonce is left to seal a CLOSE with.
             Error::NonceExhausted => None,
             // Closing, truncation and handshake failures have nothing more to send.

@@ -1,19 +1,22 @@
-//! The handshake state machine (spec/PROTOCOL.md §4 and §7.1).
+//! The handshake state machine (spec/PROTOCOL.md §4, §7.1 and §12).
 //!
 //! ```text
 //! device (initiator)                                  host (responder)
 //!   HELLO  = header || Noise msg 1  ------------------>   checks version/profile/suite,
-//!            (IK, KK: + encrypted DeviceIdentity)          looks up KK key / PSK by hint
+//!            (IK, KK: + encrypted DeviceIdentity)          looks up KK key / PSK by hint,
+//!            (XX pairing: + pairing commitment)            IK/KK: asks the TrustPolicy
 //!          <------------------  HANDSHAKE = Noise msg 2 (+ encrypted SessionParams)
 //!                               or REJECT (reason)
-//!   HANDSHAKE = Noise msg 3   ------------------>     (XX, XXpsk3 only:
-//!            (+ encrypted DeviceIdentity)                 the device's static key and identity)
+//!   HANDSHAKE = Noise msg 3   ------------------>     XX, XXpsk3: the device's static key and
+//!            (+ encrypted DeviceIdentity)              identity; asks the TrustPolicy, and on
+//!                                                      refusal answers an encrypted CLOSE
 //! ```
 //!
 //! A [`Handshake`] is driven sans-IO: [`Handshake::write_message`] appends the next frame to an
 //! output buffer when [`Handshake::wants_write`], [`Handshake::read_message`] takes one frame
 //! body split out by a [`crate::StreamDecoder`], and [`Handshake::into_session`] consumes the
-//! finished handshake into a [`Session`]. Any error is fatal and sticks.
+//! finished handshake into a [`Session`]. Any error is fatal and sticks. Security events are
+//! queued for [`Handshake::poll_event`] and carried over into the session.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -24,13 +27,19 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 
 use crate::error::{DecodeError, Error, HandshakeError, RejectReason};
+use crate::events::{EventKind, EventQueue, SecurityCounters, SecurityEvent, Timestamp};
+use crate::frame::{CloseCode, FrameHeader, FrameKind};
 use crate::hello::{self, HandshakeFrame, MAX_HANDSHAKE_FRAME_LEN, MAX_HINT_LEN, TYPE_HANDSHAKE};
-use crate::keys::{EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey, KEY_ID_LEN};
+use crate::keys::{
+    EntropyError, EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey, KEY_ID_LEN,
+};
 use crate::noise::{self, NoiseSetup};
-use crate::payload::{DeviceIdentity, SessionParams};
+use crate::pairing;
+use crate::payload::{self, DeviceIdentity, SessionParams, PAIRING_NONCE_LEN};
 use crate::profile::{CipherSuite, Profile, PROTOCOL_VERSION};
 use crate::session::{Session, SessionSetup};
 use crate::stream;
+use crate::trust::{TrustDecision, TrustPolicy};
 
 /// Which end of the handshake this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,52 +50,39 @@ pub enum Role {
     Responder,
 }
 
-/// The host's lookup of credentials named by a HELLO hint: device keys for `KK`, pre-shared
-/// keys for `XXpsk3`. Implement it over a database, or use [`StaticDirectory`].
-pub trait PeerDirectory: Send + Sync {
-    /// The device public key whose [`KeyId`] is `id` (KK).
-    fn device_key(&self, id: &KeyId) -> Option<PublicKey>;
-    /// The pre-shared key named `id` (XXpsk3).
+/// The host's lookup of the pre-shared keys named by an `XXpsk3` HELLO.
+pub trait PskDirectory: Send + Sync {
+    /// The pre-shared key named `id`.
     fn psk(&self, id: &[u8]) -> Option<Psk>;
 }
 
-/// An in-memory [`PeerDirectory`].
+/// An in-memory [`PskDirectory`].
 #[derive(Default, Clone)]
-pub struct StaticDirectory {
-    keys: BTreeMap<KeyId, PublicKey>,
+pub struct StaticPskDirectory {
     psks: BTreeMap<Vec<u8>, Psk>,
 }
 
-impl StaticDirectory {
+impl StaticPskDirectory {
     /// An empty directory.
     pub fn new() -> Self {
         Self::default()
     }
-    /// Adds a device key for KK.
-    pub fn add_device_key(&mut self, key: PublicKey) -> &mut Self {
-        self.keys.insert(key.key_id(), key);
-        self
-    }
-    /// Adds a pre-shared key for XXpsk3.
-    pub fn add_psk(&mut self, id: &[u8], psk: Psk) -> &mut Self {
+    /// Adds a pre-shared key.
+    pub fn add(&mut self, id: &[u8], psk: Psk) -> &mut Self {
         self.psks.insert(id.to_vec(), psk);
         self
     }
 }
 
-impl core::fmt::Debug for StaticDirectory {
+impl core::fmt::Debug for StaticPskDirectory {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("StaticDirectory")
-            .field("device_keys", &self.keys.len())
+        f.debug_struct("StaticPskDirectory")
             .field("psks", &self.psks.len())
             .finish()
     }
 }
 
-impl PeerDirectory for StaticDirectory {
-    fn device_key(&self, id: &KeyId) -> Option<PublicKey> {
-        self.keys.get(id).copied()
-    }
+impl PskDirectory for StaticPskDirectory {
     fn psk(&self, id: &[u8]) -> Option<Psk> {
         self.psks.get(id).cloned()
     }
@@ -101,8 +97,10 @@ pub struct InitiatorConfig {
     remote_key: Option<PublicKey>,
     pinned_host_keys: Vec<PublicKey>,
     psk: Option<(Vec<u8>, Psk)>,
+    pairing: bool,
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
+    fixed_pairing_nonce: Option<[u8; PAIRING_NONCE_LEN]>,
 }
 
 impl core::fmt::Debug for InitiatorConfig {
@@ -112,6 +110,7 @@ impl core::fmt::Debug for InitiatorConfig {
             .field("suite", &self.suite)
             .field("public_key", self.keypair.public())
             .field("identity", &self.identity)
+            .field("pairing", &self.pairing)
             .finish_non_exhaustive()
     }
 }
@@ -128,8 +127,10 @@ impl InitiatorConfig {
             remote_key: None,
             pinned_host_keys: Vec::new(),
             psk: None,
+            pairing: false,
             entropy: None,
             fixed_ephemeral: None,
+            fixed_pairing_nonce: None,
         }
     }
 
@@ -145,8 +146,8 @@ impl InitiatorConfig {
         self
     }
 
-    /// For `XX`/`XXpsk3`: host keys to accept. When the list is non-empty, a host whose
-    /// static key is not in it fails the handshake with
+    /// For `XX`/`XXpsk3`: host keys to accept (several during a host key rotation). When the
+    /// list is non-empty, a host whose static key is not in it fails the handshake with
     /// [`HandshakeError::UnexpectedPeerKey`] before the device reveals its identity.
     pub fn pin_host_keys(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
         self.pinned_host_keys.extend(keys);
@@ -159,7 +160,16 @@ impl InitiatorConfig {
         self
     }
 
-    /// The random number generator for the ephemeral key (required on `no_std`).
+    /// Asks for a pairing session (`XX`/`XXpsk3` only): both ends derive a 6-digit code from
+    /// the handshake ([`Session::pairing_code`]) for a person to compare. A pairing session
+    /// carries no application data.
+    pub fn request_pairing(mut self) -> Self {
+        self.pairing = true;
+        self
+    }
+
+    /// The random number generator for the ephemeral key and pairing nonce (required on
+    /// `no_std`).
     pub fn entropy(mut self, entropy: Box<dyn EntropySource>) -> Self {
         self.entropy = Some(entropy);
         self
@@ -172,15 +182,26 @@ impl InitiatorConfig {
         self.fixed_ephemeral = Some(key);
         self
     }
+
+    /// Uses a fixed pairing nonce, for deterministic tests only.
+    #[doc(hidden)]
+    pub fn fixed_pairing_nonce_for_testing_only(mut self, nonce: [u8; PAIRING_NONCE_LEN]) -> Self {
+        self.fixed_pairing_nonce = Some(nonce);
+        self
+    }
 }
 
-/// The host's side of the handshake: which proposals it accepts and what it answers.
+/// The host's side of the handshake: which proposals it accepts, whom it admits, and what it
+/// answers.
 pub struct ResponderConfig {
     keypair: Keypair,
+    previous_keypairs: Vec<Keypair>,
+    trust: Arc<dyn TrustPolicy>,
     params: SessionParams,
     profiles: Vec<Profile>,
     suites: Vec<CipherSuite>,
-    directory: Option<Arc<dyn PeerDirectory>>,
+    psks: Option<Arc<dyn PskDirectory>>,
+    allow_pairing: bool,
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
 }
@@ -189,25 +210,38 @@ impl core::fmt::Debug for ResponderConfig {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ResponderConfig")
             .field("public_key", self.keypair.public())
+            .field("previous_keys", &self.previous_keypairs.len())
             .field("params", &self.params)
             .field("profiles", &self.profiles)
             .field("suites", &self.suites)
+            .field("allow_pairing", &self.allow_pairing)
             .finish_non_exhaustive()
     }
 }
 
 impl ResponderConfig {
-    /// A host that accepts every profile and suite, with default session parameters.
-    pub fn new(keypair: Keypair) -> Self {
+    /// A host with static `keypair` that admits the devices `trust` admits, accepting every
+    /// profile and suite, with default session parameters and pairing off.
+    pub fn new(keypair: Keypair, trust: Arc<dyn TrustPolicy>) -> Self {
         ResponderConfig {
             keypair,
+            previous_keypairs: Vec::new(),
+            trust,
             params: SessionParams::default(),
             profiles: Profile::ALL.to_vec(),
             suites: CipherSuite::ALL.to_vec(),
-            directory: None,
+            psks: None,
+            allow_pairing: false,
             entropy: None,
             fixed_ephemeral: None,
         }
+    }
+
+    /// During a host key rotation: also accept `IK`/`KK` handshakes addressed to this older
+    /// key (devices not yet updated). `XX` always uses the current key.
+    pub fn accept_previous_key(mut self, keypair: Keypair) -> Self {
+        self.previous_keypairs.push(keypair);
+        self
     }
 
     /// The session parameters sent to every device.
@@ -228,9 +262,16 @@ impl ResponderConfig {
         self
     }
 
-    /// Where KK device keys and XXpsk3 pre-shared keys are looked up.
-    pub fn directory(mut self, directory: Arc<dyn PeerDirectory>) -> Self {
-        self.directory = Some(directory);
+    /// Where `XXpsk3` pre-shared keys are looked up.
+    pub fn psk_directory(mut self, psks: Arc<dyn PskDirectory>) -> Self {
+        self.psks = Some(psks);
+        self
+    }
+
+    /// Accept pairing requests from devices the trust policy does not know yet (revoked keys
+    /// are still refused). Open it only while an operator is pairing a device.
+    pub fn allow_pairing(mut self, allow: bool) -> Self {
+        self.allow_pairing = allow;
         self
     }
 
@@ -247,7 +288,7 @@ impl ResponderConfig {
         self
     }
 
-    /// The host's public key.
+    /// The host's current public key.
     pub fn public_key(&self) -> &PublicKey {
         self.keypair.public()
     }
@@ -256,6 +297,23 @@ impl ResponderConfig {
 enum Side {
     Initiator(InitiatorConfig),
     Responder(ResponderConfig),
+}
+
+/// Pairing state: the nonce (initiator: chosen; responder: revealed in message 3) and the
+/// commitment (responder: from message 1).
+#[derive(Default)]
+struct Pairing {
+    nonce: Option<[u8; PAIRING_NONCE_LEN]>,
+    commitment: Option<[u8; 32]>,
+}
+
+/// An entropy source that always fails: for trial decryptions that never need randomness.
+struct NoEntropy;
+
+impl EntropySource for NoEntropy {
+    fn fill(&mut self, _dest: &mut [u8]) -> Result<(), EntropyError> {
+        Err(EntropyError)
+    }
 }
 
 /// One side of a handshake in progress.
@@ -268,8 +326,14 @@ pub struct Handshake {
     index: usize,
     peer_identity: Option<DeviceIdentity>,
     peer_params: Option<SessionParams>,
-    pending_reject: Option<[u8; 3]>,
+    /// A frame body to send although the handshake failed: a REJECT, or (XX) an encrypted
+    /// CLOSE telling a refused device why.
+    pending: Option<Vec<u8>>,
     failed: Option<Error>,
+    pairing: Option<Pairing>,
+    /// The handshake hash after message 2 (the pairing code covers it).
+    h2: Option<[u8; 32]>,
+    events: EventQueue,
 }
 
 impl core::fmt::Debug for Handshake {
@@ -279,12 +343,30 @@ impl core::fmt::Debug for Handshake {
             .field("profile", &self.profile)
             .field("suite", &self.suite)
             .field("message", &self.index)
+            .field("pairing", &self.pairing.is_some())
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
 
 impl Handshake {
+    fn with_side(side: Side, profile: Option<Profile>, suite: Option<CipherSuite>) -> Self {
+        Handshake {
+            side,
+            profile,
+            suite,
+            noise: None,
+            index: 0,
+            peer_identity: None,
+            peer_params: None,
+            pending: None,
+            failed: None,
+            pairing: None,
+            h2: None,
+            events: EventQueue::default(),
+        }
+    }
+
     /// Starts the device's side. Checks the configuration for the profile.
     pub fn initiator(config: InitiatorConfig) -> Result<Self, Error> {
         if config.profile.needs_remote_key() && config.remote_key.is_none() {
@@ -297,21 +379,23 @@ impl Handshake {
             }
             _ => {}
         }
+        if config.pairing && !matches!(config.profile, Profile::Xx | Profile::XxPsk3) {
+            return Err(Error::Config(
+                "pairing is for XX and XXpsk3 (IK and KK already know the keys)",
+            ));
+        }
         config
             .identity
             .encode()
             .map_err(|_| Error::Config("device identity out of range"))?;
-        Ok(Handshake {
-            profile: Some(config.profile),
-            suite: Some(config.suite),
-            side: Side::Initiator(config),
-            noise: None,
-            index: 0,
-            peer_identity: None,
-            peer_params: None,
-            pending_reject: None,
-            failed: None,
-        })
+        let (profile, suite) = (config.profile, config.suite);
+        let mut hs = Self::with_side(Side::Initiator(config), Some(profile), Some(suite));
+        if let Side::Initiator(c) = &hs.side {
+            if c.pairing {
+                hs.pairing = Some(Pairing::default());
+            }
+        }
+        Ok(hs)
     }
 
     /// Starts the host's side; it waits for a HELLO.
@@ -320,17 +404,7 @@ impl Handshake {
             .params
             .validate()
             .map_err(|_| Error::Config("session parameters out of range"))?;
-        Ok(Handshake {
-            side: Side::Responder(config),
-            profile: None,
-            suite: None,
-            noise: None,
-            index: 0,
-            peer_identity: None,
-            peer_params: None,
-            pending_reject: None,
-            failed: None,
-        })
+        Ok(Self::with_side(Side::Responder(config), None, None))
     }
 
     /// This side's role.
@@ -356,10 +430,10 @@ impl Handshake {
         MAX_HANDSHAKE_FRAME_LEN
     }
 
-    /// Whether [`Handshake::write_message`] has a frame to write now (the next Noise message,
-    /// or a REJECT after a refused HELLO).
+    /// Whether [`Handshake::write_message`] has a frame to write now: the next Noise message,
+    /// or after a refusal a REJECT or an encrypted CLOSE.
     pub fn wants_write(&self) -> bool {
-        if self.pending_reject.is_some() {
+        if self.pending.is_some() {
             return true;
         }
         if self.failed.is_some() || self.is_finished() {
@@ -373,9 +447,11 @@ impl Handshake {
 
     /// Whether every handshake message has been sent and received.
     pub fn is_finished(&self) -> bool {
-        self.noise
-            .as_ref()
-            .is_some_and(|n| n.is_handshake_finished())
+        self.failed.is_none()
+            && self
+                .noise
+                .as_ref()
+                .is_some_and(|n| n.is_handshake_finished())
     }
 
     /// The error that ended the handshake, if one did.
@@ -396,15 +472,43 @@ impl Handshake {
             .and_then(|k| PublicKey::from_slice(k).ok())
     }
 
+    /// Whether this is a pairing handshake (requested by the device, accepted by the host).
+    pub fn is_pairing(&self) -> bool {
+        self.pairing.is_some()
+    }
+
+    /// The next queued security event, stamped with `now`.
+    pub fn poll_event(&mut self, now: Timestamp) -> Option<SecurityEvent> {
+        self.events.poll(now)
+    }
+
+    /// Cumulative security counters.
+    pub fn security_counters(&self) -> SecurityCounters {
+        self.events.counters
+    }
+
     fn fail(&mut self, e: impl Into<Error>) -> Error {
         let e = e.into();
+        if let Some(first) = self.failed {
+            return first;
+        }
+        match e {
+            Error::Handshake(HandshakeError::UnknownPeer) => {
+                self.events.push(EventKind::UnknownPeer)
+            }
+            Error::Handshake(HandshakeError::RevokedPeer) => {
+                self.events.push(EventKind::RevokedPeer)
+            }
+            _ => {}
+        }
+        self.events.push(EventKind::HandshakeFailed { reason: e });
         self.failed = Some(e);
         self.noise = None;
         e
     }
 
     fn reject(&mut self, reason: RejectReason, e: impl Into<Error>) -> Error {
-        self.pending_reject = Some(hello::reject(PROTOCOL_VERSION, reason));
+        self.pending = Some(hello::reject(PROTOCOL_VERSION, reason).to_vec());
         self.fail(e)
     }
 
@@ -419,8 +523,8 @@ impl Handshake {
 
     /// Appends the next handshake frame (length prefix included) to `out`.
     pub fn write_message(&mut self, out: &mut BytesMut) -> Result<(), Error> {
-        if let Some(reject) = self.pending_reject.take() {
-            stream::write_frame(out, &reject)?;
+        if let Some(body) = self.pending.take() {
+            stream::write_frame(out, &body)?;
             return Ok(());
         }
         if let Some(e) = self.failed {
@@ -435,49 +539,43 @@ impl Handshake {
             Ok(frame) => {
                 stream::write_frame(out, &frame)?;
                 self.index += 1;
+                if self.index == 2 && self.role() == Role::Responder {
+                    self.h2 = self.current_hash();
+                }
                 Ok(())
             }
             Err(e) => Err(self.fail(e)),
         }
     }
 
+    fn current_hash(&self) -> Option<[u8; 32]> {
+        self.noise
+            .as_ref()?
+            .get_handshake_hash()
+            .get(..32)?
+            .try_into()
+            .ok()
+    }
+
     fn write_inner(&mut self) -> Result<Vec<u8>, Error> {
         let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
+        if self.noise.is_none() {
+            return self.write_hello(profile);
+        }
         let payload = match &self.side {
             Side::Initiator(c) if self.index == Self::identity_index(profile) => {
-                c.identity.encode()?
+                let nonce = self.pairing.as_ref().and_then(|p| p.nonce);
+                c.identity.encode_with_pairing_nonce(nonce.as_ref())?
             }
             Side::Initiator(_) => Vec::new(),
             Side::Responder(c) => c.params.encode()?,
         };
-        let mut frame;
-        if self.noise.is_none() {
-            // The HELLO: only the initiator gets here.
-            let Side::Initiator(c) = &mut self.side else {
-                return Err(HandshakeError::UnexpectedMessage.into());
-            };
-            let hint: Vec<u8> = match profile {
-                Profile::Kk => c.keypair.public().key_id().0.to_vec(),
-                Profile::XxPsk3 => c.psk.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            frame = hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
-            let prologue = hello::prologue(&frame);
-            let name = noise::protocol_name(profile, c.suite);
-            let state = noise::build(NoiseSetup {
-                protocol_name: &name,
-                initiator: true,
-                prologue: &prologue,
-                local: c.keypair.private(),
-                remote: c.remote_key.as_ref(),
-                psk: c.psk.as_ref().map(|(_, k)| (3, k)),
-                fixed_ephemeral: c.fixed_ephemeral.as_ref(),
-                entropy: c.entropy.take(),
-            })?;
-            self.noise = Some(state);
-        } else {
-            frame = vec![TYPE_HANDSHAKE];
-        }
+        let mut frame = vec![TYPE_HANDSHAKE];
+        self.noise_write(&payload, &mut frame)?;
+        Ok(frame)
+    }
+
+    fn noise_write(&mut self, payload: &[u8], frame: &mut Vec<u8>) -> Result<(), Error> {
         let noise = self
             .noise
             .as_mut()
@@ -485,9 +583,60 @@ impl Handshake {
         let start = frame.len();
         frame.resize(start + MAX_HANDSHAKE_FRAME_LEN, 0);
         let n = noise
-            .write_message(&payload, &mut frame[start..])
+            .write_message(payload, &mut frame[start..])
             .map_err(noise::map_err)?;
         frame.truncate(start + n);
+        Ok(())
+    }
+
+    /// The initiator's first frame.
+    fn write_hello(&mut self, profile: Profile) -> Result<Vec<u8>, Error> {
+        let Side::Initiator(c) = &mut self.side else {
+            return Err(HandshakeError::UnexpectedMessage.into());
+        };
+        let hint: Vec<u8> = match profile {
+            Profile::Kk => c.keypair.public().key_id().0.to_vec(),
+            Profile::XxPsk3 => c.psk.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let mut entropy = c.entropy.take();
+        let mut payload = Vec::new();
+        if let Some(p) = self.pairing.as_mut() {
+            let mut nonce = [0u8; PAIRING_NONCE_LEN];
+            match (c.fixed_pairing_nonce, entropy.as_mut()) {
+                (Some(fixed), _) => nonce = fixed,
+                (None, Some(e)) => e.fill(&mut nonce).map_err(|_| HandshakeError::NoEntropy)?,
+                (None, None) => default_entropy()?
+                    .fill(&mut nonce)
+                    .map_err(|_| HandshakeError::NoEntropy)?,
+            }
+            payload = payload::encode_pairing_commitment(&pairing::commitment(&nonce));
+            p.nonce = Some(nonce);
+        }
+        if Self::identity_index(profile) == 0 {
+            // IK, KK: message 1 is the device's last message and carries its identity.
+            payload = c.identity.encode()?;
+        }
+        let mut frame =
+            hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
+        let prologue = hello::prologue(&frame);
+        let name = noise::protocol_name(profile, c.suite);
+        let state = noise::build(NoiseSetup {
+            protocol_name: &name,
+            initiator: true,
+            prologue: &prologue,
+            local: c.keypair.private(),
+            remote: c.remote_key.as_ref(),
+            psk: c.psk.as_ref().map(|(_, k)| (3, k)),
+            fixed_ephemeral: c.fixed_ephemeral.as_ref(),
+            entropy,
+        })?;
+        let host_key = c.remote_key;
+        self.noise = Some(state);
+        self.noise_write(&payload, &mut frame)?;
+        if let Some(host) = host_key {
+            self.events.peer = Some(host.fingerprint());
+        }
         Ok(frame)
     }
 
@@ -520,7 +669,6 @@ impl Handshake {
                 self.index += 1;
                 Ok(())
             }
-            Err(e) if self.pending_reject.is_some() => Err(e),
             Err(e) => Err(self.fail(e)),
         }
     }
@@ -535,19 +683,68 @@ impl Handshake {
         };
         let prologue = hello::prologue(h.header);
         let name = noise::protocol_name(profile, suite);
-        let state = noise::build(NoiseSetup {
-            protocol_name: &name,
-            initiator: false,
-            prologue: &prologue,
-            local: c.keypair.private(),
-            remote: remote.as_ref(),
-            psk: psk.as_ref().map(|k| (3, k)),
-            fixed_ephemeral: c.fixed_ephemeral.as_ref(),
-            entropy: c.entropy.take(),
-        })?;
+        // During a key rotation, IK and KK may be addressed to an older key: find the one
+        // that opens message 1 (trial reads need no randomness), then build the real state.
+        let mut candidates: Vec<&Keypair> = vec![&c.keypair];
+        if profile.needs_remote_key() {
+            candidates.extend(c.previous_keypairs.iter());
+        }
+        fn setup<'a>(
+            name: &'a str,
+            prologue: &'a [u8],
+            local: &'a Keypair,
+            remote: Option<&'a PublicKey>,
+            psk: Option<&'a Psk>,
+            entropy: Option<Box<dyn EntropySource>>,
+            fixed: Option<&'a PrivateKey>,
+        ) -> NoiseSetup<'a> {
+            NoiseSetup {
+                protocol_name: name,
+                initiator: false,
+                prologue,
+                local: local.private(),
+                remote,
+                psk: psk.map(|k| (3, k)),
+                fixed_ephemeral: fixed,
+                entropy,
+            }
+        }
+        let mut chosen = 0;
+        if candidates.len() > 1 {
+            let mut found = None;
+            for (i, kp) in candidates.iter().enumerate() {
+                let mut trial = noise::build(setup(
+                    &name,
+                    &prologue,
+                    kp,
+                    remote.as_ref(),
+                    psk.as_ref(),
+                    Some(Box::new(NoEntropy)),
+                    None,
+                ))?;
+                let mut scratch = vec![0u8; h.noise.len()];
+                if trial.read_message(h.noise, &mut scratch).is_ok() {
+                    found = Some(i);
+                    break;
+                }
+            }
+            chosen = found.ok_or(HandshakeError::AuthenticationFailed)?;
+        }
+        let state = noise::build(setup(
+            &name,
+            &prologue,
+            candidates[chosen],
+            remote.as_ref(),
+            psk.as_ref(),
+            c.entropy.take(),
+            c.fixed_ephemeral.as_ref(),
+        ))?;
         self.noise = Some(state);
         self.profile = Some(profile);
         self.suite = Some(suite);
+        if let Some(key) = remote {
+            self.events.peer = Some(key.fingerprint());
+        }
         self.read_noise(h.noise)
     }
 
@@ -561,34 +758,111 @@ impl Handshake {
         let n = noise
             .read_message(message, &mut payload)
             .map_err(noise::map_err)?;
-        let payload = &payload[..n];
-        match &self.side {
-            Side::Responder(_) if self.index == Self::identity_index(profile) => {
-                self.peer_identity = Some(DeviceIdentity::decode(payload)?);
+        payload.truncate(n);
+        if let Some(key) = self.remote_static() {
+            self.events.peer = Some(key.fingerprint());
+        }
+        match self.role() {
+            Role::Responder if self.index == Self::identity_index(profile) => {
+                self.read_identity(&payload)
             }
-            Side::Initiator(c) => {
-                // Message 2: the host's parameters, and (XX) its static key to check.
-                let params = SessionParams::decode(payload).map_err(|e| match e {
-                    DecodeError::InvalidField(_) => Error::Handshake(HandshakeError::InvalidParams),
-                    other => Error::Decode(other),
-                })?;
-                self.peer_params = Some(params);
-                if !c.pinned_host_keys.is_empty() {
-                    let remote = noise
-                        .get_remote_static()
-                        .and_then(|k| PublicKey::from_slice(k).ok())
-                        .ok_or(HandshakeError::Noise)?;
-                    if !c.pinned_host_keys.contains(&remote) {
-                        return Err(HandshakeError::UnexpectedPeerKey.into());
-                    }
+            Role::Responder if !payload.is_empty() => {
+                // XX/XXpsk3 message 1 may carry a pairing commitment and nothing else.
+                let commitment = payload::decode_pairing_commitment(&payload)?;
+                let Side::Responder(c) = &self.side else {
+                    unreachable!()
+                };
+                if !c.allow_pairing {
+                    return Err(self.reject(
+                        RejectReason::PairingNotAllowed,
+                        HandshakeError::PairingNotAllowed,
+                    ));
                 }
+                self.pairing = Some(Pairing {
+                    nonce: None,
+                    commitment: Some(commitment),
+                });
+                Ok(())
             }
-            Side::Responder(_) if !payload.is_empty() => {
-                return Err(HandshakeError::UnexpectedPayload.into());
+            Role::Responder => Ok(()),
+            Role::Initiator => self.read_params(&payload),
+        }
+    }
+
+    /// Message 2 at the initiator: the host's parameters, and (XX) its static key to check.
+    fn read_params(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let params = SessionParams::decode(payload).map_err(|e| match e {
+            DecodeError::InvalidField(_) => Error::Handshake(HandshakeError::InvalidParams),
+            other => Error::Decode(other),
+        })?;
+        self.peer_params = Some(params);
+        self.h2 = self.current_hash();
+        let Side::Initiator(c) = &self.side else {
+            unreachable!()
+        };
+        if !c.pinned_host_keys.is_empty() {
+            let remote = self.remote_static().ok_or(HandshakeError::Noise)?;
+            if !c.pinned_host_keys.contains(&remote) {
+                return Err(HandshakeError::UnexpectedPeerKey.into());
             }
-            Side::Responder(_) => {}
         }
         Ok(())
+    }
+
+    /// The initiator's identity at the responder, then the admission decision.
+    fn read_identity(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let (identity, nonce) = DeviceIdentity::decode_with_pairing_nonce(payload)?;
+        self.events.device_id = Some(identity.device_id.clone());
+        match (self.pairing.as_mut(), nonce) {
+            (Some(p), Some(nonce)) => {
+                if Some(pairing::commitment(&nonce)) != p.commitment {
+                    return Err(HandshakeError::PairingCommitmentMismatch.into());
+                }
+                p.nonce = Some(nonce);
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(HandshakeError::PairingCommitmentMismatch.into()),
+            (None, Some(_)) => return Err(DecodeError::UnknownCriticalField(0x05).into()),
+        }
+        let key = self.remote_static().ok_or(HandshakeError::Noise)?;
+        let Side::Responder(c) = &self.side else {
+            unreachable!()
+        };
+        let decision = c.trust.check(&key, Some(&identity));
+        self.peer_identity = Some(identity);
+        let refusal = match (decision, self.pairing.is_some()) {
+            (TrustDecision::Trusted, _) | (TrustDecision::Unknown, true) => return Ok(()),
+            (TrustDecision::Revoked, _) => HandshakeError::RevokedPeer,
+            (TrustDecision::Unknown, false) => HandshakeError::UnknownPeer,
+        };
+        if self
+            .noise
+            .as_ref()
+            .is_some_and(|n| n.is_handshake_finished())
+        {
+            // XX, XXpsk3: the device holds the session keys; tell it why, authenticated.
+            self.pending = Some(self.sealed_close(CloseCode::UNAUTHORIZED)?);
+        } else {
+            // IK, KK: no message 2. The REJECT is as informative as silence to an attacker who
+            // holds a device key, and tells an honest but unregistered device what is wrong.
+            self.pending =
+                Some(hello::reject(PROTOCOL_VERSION, RejectReason::UnknownCredential).to_vec());
+        }
+        Err(refusal.into())
+    }
+
+    /// A CLOSE sealed with this side's first transport key (the first transport frame).
+    fn sealed_close(&mut self, code: CloseCode) -> Result<Vec<u8>, Error> {
+        let (state, suite) = (self.noise.take(), self.suite);
+        let (Some(state), Some(suite)) = (state, suite) else {
+            return Err(HandshakeError::UnexpectedMessage.into());
+        };
+        let mut finished = noise::finish(state, suite)?;
+        let mut body = FrameHeader::new(FrameKind::CLOSE, 0).encode().to_vec();
+        body.extend_from_slice(&code.0.to_be_bytes());
+        let tag = finished.tx.seal_in_place(&[], &mut body)?;
+        body.extend_from_slice(&tag);
+        Ok(body)
     }
 
     /// Consumes the finished handshake into a transport [`Session`].
@@ -602,6 +876,16 @@ impl Handshake {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
         let finished = noise::finish(noise_state, suite)?;
+        let pairing_code = match (&self.pairing, self.h2) {
+            (
+                Some(Pairing {
+                    nonce: Some(nonce), ..
+                }),
+                Some(h2),
+            ) => Some(pairing::code(&h2, nonce)),
+            (Some(_), _) => return Err(HandshakeError::PairingCommitmentMismatch.into()),
+            (None, _) => None,
+        };
         let setup = match &self.side {
             Side::Initiator(c) => {
                 let params = self.peer_params.ok_or(HandshakeError::UnexpectedMessage)?;
@@ -614,6 +898,7 @@ impl Handshake {
                     rekey_interval: params.rekey_interval,
                     peer_identity: None,
                     params,
+                    pairing_code,
                 }
             }
             Side::Responder(c) => {
@@ -630,11 +915,29 @@ impl Handshake {
                     rekey_interval: c.params.rekey_interval,
                     peer_identity: Some(identity),
                     params: c.params,
+                    pairing_code,
                 }
             }
         };
-        Ok(Session::new(setup, finished))
+        let mut events = core::mem::take(&mut self.events);
+        events.push(EventKind::SessionEstablished {
+            role: setup.role,
+            profile,
+            suite,
+            pairing: pairing_code.is_some(),
+        });
+        Ok(Session::new(setup, finished, events))
     }
+}
+
+#[cfg(feature = "std")]
+fn default_entropy() -> Result<Box<dyn EntropySource>, HandshakeError> {
+    Ok(Box::new(crate::keys::OsEntropy))
+}
+
+#[cfg(not(feature = "std"))]
+fn default_entropy() -> Result<Box<dyn EntropySource>, HandshakeError> {
+    Err(HandshakeError::NoEntropy)
 }
 
 /// The responder's checks of a HELLO (spec §4.2, §4.4): the choices it names and the
@@ -669,23 +972,25 @@ fn accept_hello(
     if !c.suites.contains(&suite) {
         return Err((R::UnsupportedSuite, HandshakeError::SuiteNotAccepted));
     }
-    let directory = c.directory.as_deref();
     match profile {
         Profile::Kk => {
             let id: [u8; KEY_ID_LEN] = h
                 .hint
                 .try_into()
                 .map_err(|_| (R::Malformed, HandshakeError::UnexpectedPayload))?;
-            let key = directory
-                .and_then(|d| d.device_key(&KeyId(id)))
-                .ok_or((R::UnknownCredential, HandshakeError::UnknownPeerKey))?;
+            let key = c
+                .trust
+                .find_by_key_id(&KeyId(id))
+                .ok_or((R::UnknownCredential, HandshakeError::UnknownPeer))?;
             Ok((profile, suite, Some(key), None))
         }
         Profile::XxPsk3 => {
             if h.hint.is_empty() {
                 return Err((R::Malformed, HandshakeError::UnexpectedPayload));
             }
-            let psk = directory
+            let psk = c
+                .psks
+                .as_deref()
                 .and_then(|d| d.psk(h.hint))
                 .ok_or((R::UnknownCredential, HandshakeError::UnknownPsk))?;
             Ok((profile, suite, None, Some(psk)))

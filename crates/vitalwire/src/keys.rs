@@ -42,6 +42,14 @@ impl PublicKey {
         &self.0
     }
 
+    /// A short human-readable fingerprint for labels, logs and phone screens (spec §4.8).
+    pub fn fingerprint(&self) -> Fingerprint {
+        let digest = Sha256::digest(self.0);
+        let mut f = [0u8; FINGERPRINT_LEN];
+        f.copy_from_slice(&digest[..FINGERPRINT_LEN]);
+        Fingerprint(f)
+    }
+
     /// The key id named in a KK HELLO: the first 8 bytes of SHA-256 of the key (spec §4.2).
     pub fn key_id(&self) -> KeyId {
         let digest = Sha256::digest(self.0);
@@ -58,6 +66,61 @@ impl fmt::Debug for PublicKey {
             write!(f, "{b:02x}")?;
         }
         f.write_str("..)")
+    }
+}
+
+/// Bytes of a [`Fingerprint`].
+pub const FINGERPRINT_LEN: usize = 10;
+
+/// A human-readable fingerprint of a public key: the first 80 bits of SHA-256 of the key,
+/// written as 16 RFC 4648 base32 characters in groups of four, e.g. `MFRG-GZDF-MZTW-Q2LK`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; FINGERPRINT_LEN]);
+
+impl Fingerprint {
+    /// Parses the display form (case-insensitive, dashes optional).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut bits: u128 = 0;
+        let mut count = 0;
+        for c in text.chars().filter(|c| *c != '-') {
+            let v = match c.to_ascii_uppercase() {
+                c @ 'A'..='Z' => c as u8 - b'A',
+                c @ '2'..='7' => c as u8 - b'2' + 26,
+                _ => return None,
+            };
+            bits = (bits << 5) | v as u128;
+            count += 1;
+        }
+        if count != 16 {
+            return None;
+        }
+        let bytes = bits.to_be_bytes();
+        let mut f = [0u8; FINGERPRINT_LEN];
+        f.copy_from_slice(&bytes[16 - FINGERPRINT_LEN..]);
+        Some(Fingerprint(f))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let mut bits = [0u8; 16];
+        bits[16 - FINGERPRINT_LEN..].copy_from_slice(&self.0);
+        let value = u128::from_be_bytes(bits);
+        for i in 0..16 {
+            if i > 0 && i % 4 == 0 {
+                f.write_str("-")?;
+            }
+            let v = (value >> (5 * (15 - i))) & 0x1f;
+            write!(f, "{}", ALPHABET[v as usize] as char)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
     }
 }
 
@@ -245,6 +308,24 @@ mod tests {
             hex::encode(private.public_key().as_bytes()),
             "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
         );
+    }
+
+    #[test]
+    fn fingerprints_display_and_parse() {
+        let key = PublicKey::from_bytes([7; 32]);
+        let fp = key.fingerprint();
+        let text = alloc::format!("{fp}");
+        assert_eq!(text.len(), 19);
+        assert_eq!(text.matches('-').count(), 3);
+        assert_eq!(Fingerprint::parse(&text), Some(fp));
+        assert_eq!(
+            Fingerprint::parse(&text.to_lowercase().replace('-', "")),
+            Some(fp)
+        );
+        assert_eq!(Fingerprint::parse("ABCD-EFGH"), None);
+        assert_eq!(Fingerprint::parse("ABCD-EFGH-IJKL-MN01"), None);
+        assert_ne!(PublicKey::from_bytes([8; 32]).fingerprint(), fp);
+        assert_eq!(fp.0[..8], key.key_id().0);
     }
 
     #[test]

@@ -30,10 +30,14 @@
 //! let device_keys = Keypair::generate()?;
 //! // The device knows the host's key: IK, one round trip.
 //! let mut device = Handshake::initiator(
-//!     InitiatorConfig::new(Profile::Ik, device_keys, DeviceIdentity::new("PM-0001"))
+//!     InitiatorConfig::new(Profile::Ik, device_keys.clone(), DeviceIdentity::new("PM-0001"))
 //!         .host_key(*host_keys.public()),
 //! )?;
-//! let mut host = Handshake::responder(ResponderConfig::new(host_keys))?;
+//! // The host admits only devices in its trust store.
+//! let mut allowlist = TrustList::new();
+//! allowlist.add(*device_keys.public(), "PM-0001", "ICU bed 4", 0);
+//! let trust = std::sync::Arc::new(TrustStore::in_memory(allowlist));
+//! let mut host = Handshake::responder(ResponderConfig::new(host_keys, trust))?;
 //!
 //! // Move frames between the two (a socket would sit here).
 //! let mut wire = BytesMut::new();
@@ -76,30 +80,46 @@ extern crate alloc;
 
 pub mod cipher;
 pub mod error;
+pub mod events;
 pub mod frame;
 pub mod handshake;
 pub mod hello;
+#[cfg(feature = "std")]
+pub mod keyfile;
 pub mod keys;
 mod noise;
+pub mod pairing;
 pub mod payload;
 pub mod profile;
 pub mod session;
 pub mod stream;
 #[doc(hidden)]
 pub mod testing;
+pub mod trust;
+#[cfg(feature = "std")]
+pub mod trust_store;
 
 pub use error::{DecodeError, Error, HandshakeError, KeyError, ProtocolError, RejectReason};
+pub use events::{
+    Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timestamp,
+};
 pub use frame::{CloseCode, FrameKind};
 pub use handshake::{
-    Handshake, InitiatorConfig, PeerDirectory, ResponderConfig, Role, StaticDirectory,
+    Handshake, InitiatorConfig, PskDirectory, ResponderConfig, Role, StaticPskDirectory,
 };
 #[cfg(feature = "std")]
 pub use keys::OsEntropy;
-pub use keys::{EntropyError, EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey};
+pub use keys::{
+    EntropyError, EntropySource, Fingerprint, KeyId, Keypair, PrivateKey, Psk, PublicKey,
+};
+pub use pairing::PairingCode;
 pub use payload::{DeviceIdentity, SessionParams};
 pub use profile::{CipherSuite, Profile, PROTOCOL_VERSION};
 pub use session::{Incoming, Session, SessionStats};
 pub use stream::StreamDecoder;
+pub use trust::{AllowAnyPeerInsecure, TrustDecision, TrustEntry, TrustList, TrustPolicy};
+#[cfg(feature = "std")]
+pub use trust_store::TrustStore;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

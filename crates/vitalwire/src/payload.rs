@@ -21,6 +21,11 @@ pub const PAYLOAD_FORMAT: u8 = 1;
 pub const KIND_IDENTITY: u8 = 0x01;
 /// Payload kind: session parameters.
 pub const KIND_PARAMS: u8 = 0x02;
+/// Payload kind: pairing commitment (XX/XXpsk3 message 1).
+pub const KIND_PAIRING_COMMIT: u8 = 0x03;
+
+/// Bytes of a pairing nonce and of its commitment.
+pub const PAIRING_NONCE_LEN: usize = 32;
 
 /// Longest device id, model or firmware string, in bytes.
 pub const MAX_TEXT_LEN: usize = 64;
@@ -34,6 +39,8 @@ const TAG_DEVICE_ID: u8 = 0x01;
 const TAG_MODEL: u8 = 0x02;
 const TAG_FIRMWARE: u8 = 0x03;
 const TAG_MAX_FRAME: u8 = 0x04;
+const TAG_PAIRING_NONCE: u8 = 0x05;
+const TAG_COMMITMENT: u8 = 0x01;
 
 const TAG_P_MAX_FRAME: u8 = 0x01;
 const TAG_P_REKEY: u8 = 0x02;
@@ -64,6 +71,14 @@ impl DeviceIdentity {
 
     /// Encodes (spec §4.5.1). Fails only for strings or limits outside the allowed ranges.
     pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        self.encode_with_pairing_nonce(None)
+    }
+
+    /// Encodes, adding the pairing nonce of a pairing handshake (spec §12.4).
+    pub fn encode_with_pairing_nonce(
+        &self,
+        nonce: Option<&[u8; PAIRING_NONCE_LEN]>,
+    ) -> Result<Vec<u8>, DecodeError> {
         if self.device_id.is_empty() || self.device_id.len() > MAX_TEXT_LEN {
             return Err(DecodeError::InvalidField(TAG_DEVICE_ID));
         }
@@ -87,11 +102,26 @@ impl DeviceIdentity {
             put_field(&mut out, TAG_FIRMWARE, self.firmware.as_bytes());
         }
         put_field(&mut out, TAG_MAX_FRAME, &self.max_frame_len.to_be_bytes());
+        if let Some(nonce) = nonce {
+            put_field(&mut out, TAG_PAIRING_NONCE, nonce);
+        }
         Ok(out)
     }
 
-    /// Decodes, checking every rule of spec §4.5.1.
+    /// Decodes, checking every rule of spec §4.5.1. A pairing nonce is an error here: it is
+    /// only valid in a pairing handshake ([`DeviceIdentity::decode_with_pairing_nonce`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match Self::decode_with_pairing_nonce(bytes)? {
+            (identity, None) => Ok(identity),
+            (_, Some(_)) => Err(DecodeError::UnknownCriticalField(TAG_PAIRING_NONCE)),
+        }
+    }
+
+    /// Decodes an identity that may carry a pairing nonce.
+    pub fn decode_with_pairing_nonce(
+        bytes: &[u8],
+    ) -> Result<(Self, Option<[u8; PAIRING_NONCE_LEN]>), DecodeError> {
+        let mut pairing_nonce = None;
         let mut device_id = None;
         let mut model = None;
         let mut firmware = None;
@@ -113,16 +143,23 @@ impl DeviceIdentity {
                     }
                     set_once(&mut max_frame, tag, v)?
                 }
+                TAG_PAIRING_NONCE => set_once(
+                    &mut pairing_nonce,
+                    tag,
+                    <[u8; PAIRING_NONCE_LEN]>::try_from(value)
+                        .map_err(|_| DecodeError::InvalidField(tag))?,
+                )?,
                 t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
                 _ => {}
             }
         }
-        Ok(DeviceIdentity {
+        let identity = DeviceIdentity {
             device_id: device_id.ok_or(DecodeError::MissingField(TAG_DEVICE_ID))?,
             model: model.unwrap_or_default(),
             firmware: firmware.unwrap_or_default(),
             max_frame_len: max_frame.ok_or(DecodeError::MissingField(TAG_MAX_FRAME))?,
-        })
+        };
+        Ok((identity, pairing_nonce))
     }
 }
 
@@ -202,6 +239,33 @@ impl SessionParams {
         params.validate()?;
         Ok(params)
     }
+}
+
+/// Encodes the pairing commitment payload (spec §12.4).
+pub fn encode_pairing_commitment(commitment: &[u8; PAIRING_NONCE_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + PAIRING_NONCE_LEN);
+    out.extend_from_slice(&[PAYLOAD_FORMAT, KIND_PAIRING_COMMIT]);
+    put_field(&mut out, TAG_COMMITMENT, commitment);
+    out
+}
+
+/// Decodes the pairing commitment payload.
+pub fn decode_pairing_commitment(bytes: &[u8]) -> Result<[u8; PAIRING_NONCE_LEN], DecodeError> {
+    let mut commitment = None;
+    for field in Fields::new(bytes, KIND_PAIRING_COMMIT)? {
+        let (tag, value) = field?;
+        match tag {
+            TAG_COMMITMENT => set_once(
+                &mut commitment,
+                tag,
+                <[u8; PAIRING_NONCE_LEN]>::try_from(value)
+                    .map_err(|_| DecodeError::InvalidField(tag))?,
+            )?,
+            t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
+            _ => {}
+        }
+    }
+    commitment.ok_or(DecodeError::MissingField(TAG_COMMITMENT))
 }
 
 fn put_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
@@ -335,6 +399,25 @@ mod tests {
         );
         assert!(DeviceIdentity::new("").encode().is_err());
         assert!(DeviceIdentity::new("x".repeat(65)).encode().is_err());
+    }
+
+    #[test]
+    fn pairing_fields_round_trip_and_are_refused_outside_pairing() {
+        let nonce = [7u8; 32];
+        let bytes = identity().encode_with_pairing_nonce(Some(&nonce)).unwrap();
+        assert_eq!(
+            DeviceIdentity::decode_with_pairing_nonce(&bytes),
+            Ok((identity(), Some(nonce)))
+        );
+        assert_eq!(
+            DeviceIdentity::decode(&bytes),
+            Err(DecodeError::UnknownCriticalField(0x05))
+        );
+        let c = encode_pairing_commitment(&nonce);
+        assert_eq!(&c[..4], &[1, 3, 1, 32]);
+        assert_eq!(decode_pairing_commitment(&c), Ok(nonce));
+        assert!(decode_pairing_commitment(&c[..20]).is_err());
+        assert!(decode_pairing_commitment(&identity().encode().unwrap()).is_err());
     }
 
     #[test]

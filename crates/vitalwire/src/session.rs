@@ -17,15 +17,20 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::cipher::TransportCipher;
 use crate::error::{DecodeError, Error, ProtocolError};
+use crate::events::{
+    Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timestamp,
+};
 use crate::frame::{
     CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN,
 };
 use crate::handshake::Role;
 use crate::keys::PublicKey;
 use crate::noise::Finished;
+use crate::pairing::PairingCode;
 use crate::payload::{DeviceIdentity, SessionParams};
 use crate::profile::{CipherSuite, Profile};
 use crate::stream::LENGTH_PREFIX_LEN;
+use crate::trust::{TrustDecision, TrustPolicy};
 
 /// What an opened frame meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +75,7 @@ pub(crate) struct SessionSetup {
     pub rekey_interval: u32,
     pub peer_identity: Option<DeviceIdentity>,
     pub params: SessionParams,
+    pub pairing_code: Option<PairingCode>,
 }
 
 /// Counters of a session's traffic.
@@ -98,6 +104,7 @@ pub struct Session {
     pending_pong: Option<[u8; PING_LEN]>,
     pending_close: Option<CloseCode>,
     stats: SessionStats,
+    events: EventQueue,
 }
 
 impl core::fmt::Debug for Session {
@@ -114,7 +121,7 @@ impl core::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(setup: SessionSetup, finished: Finished) -> Self {
+    pub(crate) fn new(setup: SessionSetup, finished: Finished, events: EventQueue) -> Self {
         Session {
             setup,
             tx: finished.tx,
@@ -127,6 +134,50 @@ impl Session {
             pending_pong: None,
             pending_close: None,
             stats: SessionStats::default(),
+            events,
+        }
+    }
+
+    /// The next queued security event, stamped with `now` (poll after each call that feeds
+    /// input; the core has no clock).
+    pub fn poll_event(&mut self, now: Timestamp) -> Option<SecurityEvent> {
+        self.events.poll(now)
+    }
+
+    /// Cumulative security counters (the handshake's included).
+    pub fn security_counters(&self) -> SecurityCounters {
+        self.events.counters
+    }
+
+    /// In a pairing session: the 6-digit code to compare with the peer's display.
+    pub fn pairing_code(&self) -> Option<PairingCode> {
+        self.setup.pairing_code
+    }
+
+    /// Whether this is a pairing session (no application data; spec §12.4).
+    pub fn is_pairing(&self) -> bool {
+        self.setup.pairing_code.is_some()
+    }
+
+    /// Asks the trust policy again about the peer (after a revocation, say). If the peer is
+    /// no longer trusted the session fails with [`Error::Unauthorized`] and a CLOSE
+    /// `UNAUTHORIZED` is queued ([`Session::poll_transmit`]). Pairing sessions are not
+    /// re-checked (the device is not in the store yet) unless it was revoked.
+    pub fn recheck(&mut self, policy: &dyn TrustPolicy) -> Result<(), Error> {
+        if let State::Failed(e) = self.state {
+            return Err(e);
+        }
+        match policy.check(&self.remote_static, self.setup.peer_identity.as_ref()) {
+            TrustDecision::Trusted => Ok(()),
+            TrustDecision::Unknown if self.is_pairing() => Ok(()),
+            decision => {
+                self.events.push(if decision == TrustDecision::Revoked {
+                    EventKind::RevokedPeer
+                } else {
+                    EventKind::UnknownPeer
+                });
+                Err(self.fail(Error::Unauthorized))
+            }
         }
     }
 
@@ -287,6 +338,9 @@ impl Session {
             State::Open | State::LocalClosed => {}
         }
         if frame.len() > self.max_frame_len() {
+            self.events.push(EventKind::LimitExceeded {
+                limit: Limit::FrameTooLarge,
+            });
             return Err(self.fail(ProtocolError::FrameTooLarge.into()));
         }
         if frame.len() < FRAME_OVERHEAD {
@@ -332,6 +386,9 @@ impl Session {
                 self.rx.rekey();
                 self.rx_under_key = 0;
                 self.stats.rekeys_received += 1;
+                self.events.push(EventKind::Rekeyed {
+                    direction: Direction::Inbound,
+                });
                 Ok(Incoming::Rekeyed)
             }
             FrameKind::CLOSE => {
@@ -341,13 +398,20 @@ impl Session {
                 self.state = match self.state {
                     State::LocalClosed => State::Closed(code),
                     _ => {
+                        self.events.push(EventKind::SessionClosed {
+                            code,
+                            by_peer: true,
+                        });
                         self.pending_close = Some(CloseCode::NORMAL);
                         State::RemoteClosed(code)
                     }
                 };
                 Ok(Incoming::Closed(code))
             }
-            FrameKind(kind) => Err(Error::UnknownFrameKind(kind)),
+            FrameKind(kind) => {
+                self.events.push(EventKind::UnknownFrameKind { kind });
+                Err(Error::UnknownFrameKind(kind))
+            }
         }
     }
 
@@ -365,6 +429,7 @@ impl Session {
             State::Failed(e) => Err(e),
             State::Open | State::LocalClosed => {
                 self.pending_close = None;
+                self.events.push(EventKind::Truncated);
                 self.state = State::Failed(Error::Truncated);
                 Err(Error::Truncated)
             }
@@ -426,6 +491,17 @@ impl Session {
         self.pending_pong = None;
         self.pending_close = e.close_code();
         self.state = State::Failed(e);
+        match e {
+            Error::AuthenticationFailed => self.events.push(EventKind::AuthenticationFailure),
+            Error::Protocol(error) => self.events.push(EventKind::ProtocolViolation { error }),
+            Error::Decode(_) => self.events.push(EventKind::ProtocolViolation {
+                error: ProtocolError::Malformed,
+            }),
+            Error::NonceExhausted => self.events.push(EventKind::LimitExceeded {
+                limit: Limit::NonceExhausted,
+            }),
+            _ => {}
+        }
         e
     }
 
@@ -434,6 +510,9 @@ impl Session {
         self.tx.rekey();
         self.tx_under_key = 0;
         self.stats.rekeys_sent += 1;
+        self.events.push(EventKind::Rekeyed {
+            direction: Direction::Outbound,
+        });
         Ok(())
     }
 

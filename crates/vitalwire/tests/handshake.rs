@@ -206,7 +206,7 @@ fn wrong_keys_fail_authentication() {
     .unwrap();
     assert_eq!(
         run_handshake(i, responder()).err(),
-        Some(Error::Handshake(HandshakeError::UnknownPeerKey))
+        Some(Error::Handshake(HandshakeError::UnknownPeer))
     );
     // XXpsk3 naming a PSK id the host does not know.
     let i = Handshake::initiator(
@@ -343,7 +343,7 @@ fn invalid_configurations_are_refused_up_front() {
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Handshake::responder(ResponderConfig::new(k.host.clone()).params(SessionParams {
+        Handshake::responder(ResponderConfig::new(k.host.clone(), trust(&k)).params(SessionParams {
             max_frame_len: 10,
             rekey_interval: 100
         })),

@@ -43,10 +43,16 @@ fn vectors_replay_from_the_files_alone() {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let r = &v["responder"];
         let i = &v["initiator"];
-        let mut dir = StaticDirectory::new();
-        dir.add_device_key(PublicKey::from_slice(&hexv(&i["static_public"])).unwrap());
+        let mut trust = TrustList::new();
+        trust.add(
+            PublicKey::from_slice(&hexv(&i["static_public"])).unwrap(),
+            "",
+            "",
+            0,
+        );
+        let mut psks = StaticPskDirectory::new();
         if !i["psk_id"].as_str().unwrap().is_empty() {
-            dir.add_psk(
+            psks.add(
                 &hexv(&i["psk_id"]),
                 Psk::from_slice(&hexv(&i["psk"])).unwrap(),
             );
@@ -55,17 +61,19 @@ fn vectors_replay_from_the_files_alone() {
             max_frame_len: r["params"]["max_frame_len"].as_u64().unwrap() as u16,
             rekey_interval: r["params"]["rekey_interval"].as_u64().unwrap() as u32,
         };
-        let mut host = Handshake::responder(
-            ResponderConfig::new(Keypair::from_private(
-                PrivateKey::from_slice(&hexv(&r["static_private"])).unwrap(),
-            ))
-            .params(params)
-            .directory(std::sync::Arc::new(dir))
-            .fixed_ephemeral_for_testing_only(
-                PrivateKey::from_slice(&hexv(&r["ephemeral_private"])).unwrap(),
-            ),
-        )
-        .unwrap();
+        let host_keys =
+            Keypair::from_private(PrivateKey::from_slice(&hexv(&r["static_private"])).unwrap());
+        let mut host = Some(
+            Handshake::responder(
+                ResponderConfig::new(host_keys, std::sync::Arc::new(TrustStore::in_memory(trust)))
+                    .params(params)
+                    .psk_directory(std::sync::Arc::new(psks))
+                    .fixed_ephemeral_for_testing_only(
+                        PrivateKey::from_slice(&hexv(&r["ephemeral_private"])).unwrap(),
+                    ),
+            )
+            .unwrap(),
+        );
         let mut session: Option<Session> = None;
         let mut pending_out = BytesMut::new();
         for f in v["frames"].as_array().unwrap() {
@@ -75,22 +83,15 @@ fn vectors_replay_from_the_files_alone() {
                 if from_initiator {
                     let mut buf = BytesMut::from(&wire[..]);
                     let body = StreamDecoder::new(1024).decode(&mut buf).unwrap().unwrap();
-                    host.read_message(&body).unwrap();
+                    host.as_mut().unwrap().read_message(&body).unwrap();
                 } else {
                     let mut out = BytesMut::new();
-                    host.write_message(&mut out).unwrap();
+                    host.as_mut().unwrap().write_message(&mut out).unwrap();
                     assert_eq!(hex::encode(&out), hex::encode(&wire), "{path:?}");
                 }
                 continue;
             }
-            if session.is_none() {
-                let h = std::mem::replace(
-                    &mut host,
-                    Handshake::responder(ResponderConfig::new(Keypair::from_private(
-                        PrivateKey::from_bytes([1; 32]),
-                    )))
-                    .unwrap(),
-                );
+            if let Some(h) = host.take() {
                 let s = h.into_session().unwrap();
                 assert_eq!(
                     hex::encode(s.handshake_hash()),

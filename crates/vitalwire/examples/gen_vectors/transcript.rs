@@ -63,13 +63,17 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
     if profile.needs_psk() {
         ic = ic.psk(PSK_ID, psk.clone());
     }
-    let mut dir = StaticDirectory::new();
-    dir.add_device_key(*init_kp.public());
-    dir.add_psk(PSK_ID, psk.clone());
-    let rc = ResponderConfig::new(resp_kp.clone())
-        .params(params)
-        .directory(std::sync::Arc::new(dir))
-        .fixed_ephemeral_for_testing_only(resp_eph.clone());
+    let mut trust = TrustList::new();
+    trust.add(*init_kp.public(), "PM-0001", "vector device", 0);
+    let mut dir = StaticPskDirectory::new();
+    dir.add(PSK_ID, psk.clone());
+    let rc = ResponderConfig::new(
+        resp_kp.clone(),
+        std::sync::Arc::new(TrustStore::in_memory(trust)),
+    )
+    .params(params)
+    .psk_directory(std::sync::Arc::new(dir))
+    .fixed_ephemeral_for_testing_only(resp_eph.clone());
 
     let mut init = Handshake::initiator(ic).unwrap();
     let mut resp = Handshake::responder(rc).unwrap();

@@ -40,13 +40,21 @@ pub fn initiator_config(profile: Profile, suite: CipherSuite, k: &Keys) -> Initi
     c
 }
 
+/// A trust store that admits the test device.
+pub fn trust(k: &Keys) -> std::sync::Arc<TrustStore> {
+    let mut list = TrustList::new();
+    list.add(*k.device.public(), "PM-0001", "test device", 1);
+    std::sync::Arc::new(TrustStore::in_memory(list))
+}
+
+pub fn psks(k: &Keys) -> std::sync::Arc<StaticPskDirectory> {
+    let mut dir = StaticPskDirectory::new();
+    dir.add(PSK_ID, k.psk.clone());
+    std::sync::Arc::new(dir)
+}
+
 pub fn responder_config(k: &Keys, params: SessionParams) -> ResponderConfig {
-    let mut dir = StaticDirectory::new();
-    dir.add_device_key(*k.device.public());
-    dir.add_psk(PSK_ID, k.psk.clone());
-    ResponderConfig::new(k.host.clone())
-        .params(params)
-        .directory(std::sync::Arc::new(dir))
+    ResponderConfig::new(k.host.clone(), trust(k)).params(params).psk_directory(psks(k))
 }
 
 /// Splits exactly one frame body out of `wire`.

@@ -1,0 +1,317 @@
+//! Security events: a structured record of everything a monitoring system should know about a
+//! session (spec/PROTOCOL.md §12), with no secrets and no payload.
+//!
+//! Handshakes and sessions queue events as they happen; the caller drains them with
+//! `poll_event(now)`, which stamps each with the caller-supplied time (the core has no clock,
+//! so poll right after each call that feeds input). The queue is bounded: when it is full the
+//! oldest event is dropped and counted in [`SecurityCounters::events_dropped`]. Cumulative
+//! counters survive draining.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+
+use crate::error::{Error, HandshakeError, ProtocolError};
+use crate::frame::CloseCode;
+use crate::handshake::Role;
+use crate::keys::Fingerprint;
+use crate::profile::{CipherSuite, Profile};
+
+/// A caller-supplied point in time: milliseconds since the Unix epoch by convention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Timestamp(pub u64);
+
+/// Which direction a key or frame went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Direction {
+    /// Sent by this side.
+    Outbound,
+    /// Received from the peer.
+    Inbound,
+}
+
+/// A limit that was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A received frame longer than this side accepts.
+    FrameTooLarge,
+    /// A payload too large for the peer's frame limit (refused locally).
+    PayloadTooLarge,
+    /// The 2^64-1 nonces of a direction are used up.
+    NonceExhausted,
+}
+
+/// How urgent an event is for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Severity {
+    /// Normal operation.
+    Info,
+    /// Unusual, possibly benign.
+    Warning,
+    /// Evidence of an attack or of tampering.
+    Alert,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "event", rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A handshake completed; the session is established.
+    SessionEstablished {
+        /// This side's role.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser_debug"))]
+        role: Role,
+        /// Profile used.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser_display"))]
+        profile: Profile,
+        /// Suite used.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser_display"))]
+        suite: CipherSuite,
+        /// Whether this is a pairing session (data refused until re-established).
+        pairing: bool,
+    },
+    /// The session ended with a CLOSE.
+    SessionClosed {
+        /// The reason code.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser_display"))]
+        code: CloseCode,
+        /// Whether the peer closed first.
+        by_peer: bool,
+    },
+    /// A handshake failed.
+    HandshakeFailed {
+        /// Why.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser_display"))]
+        reason: Error,
+    },
+    /// A peer authenticated with a key the trust policy does not know.
+    UnknownPeer,
+    /// A peer authenticated with a revoked key (or was revoked during its session).
+    RevokedPeer,
+    /// A transport frame failed authentication (tag mismatch: forged, corrupted, replayed or
+    /// reordered).
+    AuthenticationFailure,
+    /// An authenticated frame broke the protocol's rules.
+    ProtocolViolation {
+        /// Which rule.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser_display"))]
+        error: ProtocolError,
+    },
+    /// A frame of unknown kind was discarded.
+    UnknownFrameKind {
+        /// Its kind byte.
+        kind: u8,
+    },
+    /// The stream ended without an authenticated CLOSE.
+    Truncated,
+    /// A key was rolled forward with REKEY().
+    Rekeyed {
+        /// Which direction's key.
+        direction: Direction,
+    },
+    /// A limit was hit.
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+    },
+}
+
+impl EventKind {
+    /// The event's severity.
+    pub fn severity(&self) -> Severity {
+        match self {
+            EventKind::SessionEstablished { .. } | EventKind::Rekeyed { .. } => Severity::Info,
+            EventKind::SessionClosed { code, .. }
+                if *code == CloseCode::NORMAL || *code == CloseCode::GOING_AWAY =>
+            {
+                Severity::Info
+            }
+            EventKind::SessionClosed { .. }
+            | EventKind::UnknownFrameKind { .. }
+            | EventKind::Truncated => Severity::Warning,
+            EventKind::LimitExceeded { .. } => Severity::Warning,
+            EventKind::HandshakeFailed { reason } => match reason {
+                Error::Handshake(
+                    HandshakeError::AuthenticationFailed
+                    | HandshakeError::UnexpectedPeerKey
+                    | HandshakeError::UnknownPeer
+                    | HandshakeError::RevokedPeer
+                    | HandshakeError::PairingCommitmentMismatch,
+                ) => Severity::Alert,
+                _ => Severity::Warning,
+            },
+            EventKind::UnknownPeer
+            | EventKind::RevokedPeer
+            | EventKind::AuthenticationFailure
+            | EventKind::ProtocolViolation { .. } => Severity::Alert,
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+fn ser_display<T: core::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[cfg(feature = "serde")]
+fn ser_debug<T: core::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&alloc::format!("{v:?}").to_lowercase())
+}
+
+/// One security event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SecurityEvent {
+    /// When (the time passed to `poll_event`).
+    pub time: Timestamp,
+    /// How urgent.
+    pub severity: Severity,
+    /// What happened.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub kind: EventKind,
+    /// The peer's key fingerprint, when known.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser_opt_display"))]
+    pub peer: Option<Fingerprint>,
+    /// The device id the peer claimed in the handshake, when known.
+    pub device_id: Option<String>,
+}
+
+#[cfg(feature = "serde")]
+fn ser_opt_display<T: core::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(feature = "serde")]
+impl SecurityEvent {
+    /// The event as one line of JSON (for JSON Lines logs), without a trailing newline.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from("{\"event\":\"unserializable\"}"))
+    }
+}
+
+/// Cumulative counts of security-relevant occurrences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SecurityCounters {
+    /// Handshakes that failed.
+    pub handshakes_failed: u64,
+    /// Peers rejected as unknown.
+    pub unknown_peers: u64,
+    /// Peers rejected as revoked.
+    pub revoked_peers: u64,
+    /// Transport frames that failed authentication.
+    pub authentication_failures: u64,
+    /// Protocol violations.
+    pub protocol_violations: u64,
+    /// Truncated streams.
+    pub truncations: u64,
+    /// Rekeys, both directions.
+    pub rekeys: u64,
+    /// Limits hit.
+    pub limits_exceeded: u64,
+    /// Events dropped because the queue was full.
+    pub events_dropped: u64,
+}
+
+impl SecurityCounters {
+    /// Adds another set of counters (a host summing over sessions).
+    pub fn add(&mut self, other: &SecurityCounters) {
+        self.handshakes_failed += other.handshakes_failed;
+        self.unknown_peers += other.unknown_peers;
+        self.revoked_peers += other.revoked_peers;
+        self.authentication_failures += other.authentication_failures;
+        self.protocol_violations += other.protocol_violations;
+        self.truncations += other.truncations;
+        self.rekeys += other.rekeys;
+        self.limits_exceeded += other.limits_exceeded;
+        self.events_dropped += other.events_dropped;
+    }
+}
+
+/// Most events kept undrained per handshake or session.
+pub const EVENT_QUEUE_CAPACITY: usize = 64;
+
+/// The bounded queue of a handshake or session.
+#[derive(Debug)]
+pub(crate) struct EventQueue {
+    queue: VecDeque<EventKind>,
+    pub(crate) counters: SecurityCounters,
+    pub(crate) peer: Option<Fingerprint>,
+    pub(crate) device_id: Option<String>,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        EventQueue {
+            // Allocated once up front so that recording an event never allocates later.
+            queue: VecDeque::with_capacity(EVENT_QUEUE_CAPACITY),
+            counters: SecurityCounters::default(),
+            peer: None,
+            device_id: None,
+        }
+    }
+}
+
+impl EventQueue {
+    pub(crate) fn push(&mut self, kind: EventKind) {
+        let c = &mut self.counters;
+        match kind {
+            EventKind::HandshakeFailed { .. } => c.handshakes_failed += 1,
+            EventKind::UnknownPeer => c.unknown_peers += 1,
+            EventKind::RevokedPeer => c.revoked_peers += 1,
+            EventKind::AuthenticationFailure => c.authentication_failures += 1,
+            EventKind::ProtocolViolation { .. } => c.protocol_violations += 1,
+            EventKind::Truncated => c.truncations += 1,
+            EventKind::Rekeyed { .. } => c.rekeys += 1,
+            EventKind::LimitExceeded { .. } => c.limits_exceeded += 1,
+            _ => {}
+        }
+        if self.queue.len() >= EVENT_QUEUE_CAPACITY {
+            self.queue.pop_front();
+            self.counters.events_dropped += 1;
+        }
+        self.queue.push_back(kind);
+    }
+
+    pub(crate) fn poll(&mut self, now: Timestamp) -> Option<SecurityEvent> {
+        let kind = self.queue.pop_front()?;
+        Some(SecurityEvent {
+            time: now,
+            severity: kind.severity(),
+            kind,
+            peer: self.peer,
+            device_id: self.device_id.clone(),
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! Key files: a versioned text format for private and public keys (spec/PROTOCOL.md §12.1).
+//!
+//! ```text
+//! vitalwire private key v1            vitalwire public key v1
+//! # optional comment lines            # optional comment lines
+//! x25519 <64 hex digits>              x25519 <64 hex digits>
+//! check <8 hex digits>                check <8 hex digits>
+//! ```
+//!
+//! `check` is the first 4 bytes of SHA-256 over the header line, a newline and the 32 key
+//! bytes, so a typo, a truncated copy or a public key passed off as a private one is caught.
+//! Private key files are written with mode 0600, and loading one that the group or others can
+//! read is refused.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::keys::{Keypair, PrivateKey, PublicKey, KEY_LEN};
+
+const PRIVATE_HEADER: &str = "vitalwire private key v1";
+const PUBLIC_HEADER: &str = "vitalwire public key v1";
+
+/// Why a key file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Not a vitalwire key file of the expected kind.
+    #[error("{}: not a vitalwire {expected} key file", path.display())]
+    WrongKind {
+        /// The file.
+        path: PathBuf,
+        /// "private" or "public".
+        expected: &'static str,
+    },
+    /// A missing or malformed line (truncated or edited file).
+    #[error("{}: malformed key file ({reason})", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The checksum does not match the key: a typo or damage.
+    #[error("{}: key checksum mismatch (typo or damaged file)", path.display())]
+    ChecksumMismatch {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A private key file readable by the group or others.
+    #[error("{}: private key file is accessible by group or others (mode {mode:o}); run `chmod 600` on it", path.display())]
+    InsecurePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Refusing to overwrite an existing file.
+    #[error("{}: already exists; refusing to overwrite", path.display())]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn checksum(header: &str, key: &[u8; KEY_LEN]) -> String {
+    let mut h = Sha256::new();
+    h.update(header.as_bytes());
+    h.update(b"\n");
+    h.update(key);
+    hex::encode(&h.finalize()[..4])
+}
+
+mod hex {
+    use alloc::string::String;
+    use core::fmt::Write;
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut s = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+}
+
+fn render(header: &str, comment: &str, key: &[u8; KEY_LEN]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::new());
+    out.push_str(header);
+    out.push('\n');
+    for line in comment.lines().filter(|l| !l.trim().is_empty()) {
+        out.push_str("# ");
+        out.push_str(line.trim());
+        out.push('\n');
+    }
+    out.push_str("x25519 ");
+    out.push_str(&hex::encode(key));
+    out.push('\n');
+    out.push_str("check ");
+    out.push_str(&checksum(header, key));
+    out.push('\n');
+    out
+}
+
+fn parse(
+    path: &Path,
+    text: &str,
+    header: &str,
+    kind: &'static str,
+) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+    let malformed = |reason| KeyFileError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut lines = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.starts_with('#') && !l.is_empty());
+    if lines.next() != Some(header) {
+        return Err(KeyFileError::WrongKind {
+            path: path.to_path_buf(),
+            expected: kind,
+        });
+    }
+    let hex_key = lines
+        .next()
+        .and_then(|l| l.strip_prefix("x25519 "))
+        .ok_or(malformed("no x25519 line"))?;
+    let check = lines
+        .next()
+        .and_then(|l| l.strip_prefix("check "))
+        .ok_or(malformed("no check line"))?;
+    if lines.next().is_some() {
+        return Err(malformed("unexpected lines after the checksum"));
+    }
+    if hex_key.len() != 2 * KEY_LEN {
+        return Err(malformed("the key must be 64 hex digits"));
+    }
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex_key[2 * i..2 * i + 2], 16)
+            .map_err(|_| malformed("the key is not hex"))?;
+    }
+    if checksum(header, &key) != check.to_ascii_lowercase() {
+        return Err(KeyFileError::ChecksumMismatch {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(key)
+}
+
+/// The text of a private key file.
+pub fn private_key_to_text(key: &PrivateKey, comment: &str) -> Zeroizing<String> {
+    render(PRIVATE_HEADER, comment, key.expose_secret())
+}
+
+/// The text of a public key file.
+pub fn public_key_to_text(key: &PublicKey, comment: &str) -> String {
+    render(PUBLIC_HEADER, comment, key.as_bytes()).to_string()
+}
+
+/// Parses a private key file's text.
+pub fn private_key_from_text(path: &Path, text: &str) -> Result<PrivateKey, KeyFileError> {
+    parse(path, text, PRIVATE_HEADER, "private").map(|k| PrivateKey::from_bytes(*k))
+}
+
+/// Parses a public key file's text.
+pub fn public_key_from_text(path: &Path, text: &str) -> Result<PublicKey, KeyFileError> {
+    parse(path, text, PUBLIC_HEADER, "public").map(|k| PublicKey::from_bytes(*k))
+}
+
+/// Writes a private key file with mode 0600. Refuses to overwrite an existing file.
+pub fn write_private_key(path: &Path, key: &PrivateKey, comment: &str) -> Result<(), KeyFileError> {
+    let io_err = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            KeyFileError::AlreadyExists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            io_err(e)
+        }
+    })?;
+    f.write_all(private_key_to_text(key, comment).as_bytes())
+        .map_err(io_err)?;
+    f.sync_all().map_err(io_err)
+}
+
+/// Writes a public key file. Refuses to overwrite an existing file.
+pub fn write_public_key(path: &Path, key: &PublicKey, comment: &str) -> Result<(), KeyFileError> {
+    let io_err = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                KeyFileError::AlreadyExists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_err(e)
+            }
+        })?;
+    f.write_all(public_key_to_text(key, comment).as_bytes())
+        .map_err(io_err)?;
+    f.sync_all().map_err(io_err)
+}
+
+/// Reads a private key file, refusing one that the group or others can access.
+pub fn read_private_key(path: &Path) -> Result<Keypair, KeyFileError> {
+    let io_err = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::InsecurePermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
+    Ok(Keypair::from_private(private_key_from_text(path, &text)?))
+}
+
+/// Reads a public key file (a private key file also yields its public key).
+pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
+    let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim_start().starts_with(PRIVATE_HEADER) {
+        return Ok(*read_private_key(path)?.public());
+    }
+    public_key_from_text(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_catches_typos_and_truncation() {
+        let kp = Keypair::from_private(PrivateKey::from_bytes([9; 32]));
+        let p = Path::new("k");
+        let text = private_key_to_text(kp.private(), "device PM-1\nline two");
+        assert!(
+            text.starts_with("vitalwire private key v1\n# device PM-1\n# line two\nx25519 0909")
+        );
+        assert_eq!(
+            private_key_from_text(p, &text).unwrap().expose_secret(),
+            &[9; 32]
+        );
+        let pubtext = public_key_to_text(kp.public(), "");
+        assert_eq!(public_key_from_text(p, &pubtext).unwrap(), *kp.public());
+        // A public key file is not a private one, and vice versa.
+        assert!(matches!(
+            private_key_from_text(p, &pubtext),
+            Err(KeyFileError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            public_key_from_text(p, &text),
+            Err(KeyFileError::WrongKind { .. })
+        ));
+        // A typo in the key.
+        let typo = text.replacen("x25519 09", "x25519 08", 1);
+        assert!(matches!(
+            private_key_from_text(p, &typo),
+            Err(KeyFileError::ChecksumMismatch { .. })
+        ));
+        // Every truncation fails.
+        for cut in 0..text.len() - 1 {
+            assert!(
+                private_key_from_text(p, &text[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+}
