@@ -12,26 +12,10 @@ use crate::monitor::{describe, PatientMonitor};
 
 /// What the host reports to the main thread.
 enum HostEvent {
-    Connected {
-        device: String,
-        profile: Profile,
-        suite: CipherSuite,
-        key: KeyId,
-    },
-    Frame {
-        device: String,
-        channel: u8,
-        payload: bytes::Bytes,
-    },
-    Ended {
-        device: String,
-        outcome: String,
-        frames: u64,
-    },
-    Failed {
-        peer: String,
-        error: String,
-    },
+    Connected { device: String, profile: Profile, suite: CipherSuite, key: KeyId },
+    Frame { device: String, channel: u8, payload: bytes::Bytes },
+    Ended { device: String, outcome: String, frames: u64 },
+    Failed { peer: String, error: String },
 }
 
 pub struct DemoOptions {
@@ -50,13 +34,8 @@ struct Provisioned {
 
 pub fn run(opts: DemoOptions) -> Result<(), String> {
     let host_keys = Keypair::generate().map_err(|e| e.to_string())?;
-    let psk = Psk::from_bytes(
-        Keypair::generate()
-            .map_err(|e| e.to_string())?
-            .private()
-            .expose_secret()
-            .to_owned(),
-    );
+    let psk =
+        Psk::from_bytes(Keypair::generate().map_err(|e| e.to_string())?.private().expose_secret().to_owned());
     let psk_id = b"factory-batch-7".to_vec();
 
     // Provision the devices: one profile each in turn, alternating suites.
@@ -69,29 +48,17 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         let suite = CipherSuite::ALL[(n + n / Profile::ALL.len()) % CipherSuite::ALL.len()];
         let keys = Keypair::generate().map_err(|e| e.to_string())?;
         allowlist.add(*keys.public(), &format!("PM-{:04}", n + 1), "demo bed", 0);
-        devices.push(Provisioned {
-            id: format!("PM-{:04}", n + 1),
-            profile,
-            suite,
-            keys,
-        });
+        devices.push(Provisioned { id: format!("PM-{:04}", n + 1), profile, suite, keys });
     }
 
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot listen on loopback: {e}"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot listen on loopback: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!(
-        "vitalwire demo: host listening on {addr} (host key {:?})",
-        host_keys.public().key_id()
-    );
+    println!("vitalwire demo: host listening on {addr} (host key {:?})", host_keys.public().key_id());
 
     let (events_tx, events_rx) = mpsc::channel();
     let psks: Arc<dyn PskDirectory> = Arc::new(psks);
     let trust: Arc<dyn TrustPolicy> = Arc::new(TrustStore::in_memory(allowlist));
-    let params = SessionParams {
-        max_frame_len: 4096,
-        rekey_interval: 64,
-    };
+    let params = SessionParams { max_frame_len: 4096, rekey_interval: 64 };
     let expected = devices.len();
     let host_public = *host_keys.public();
     let host = thread::spawn({
@@ -106,9 +73,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                     .params(params)
                     .psk_directory(psks.clone());
                 let events_tx = events_tx.clone();
-                workers.push(thread::spawn(move || {
-                    serve(stream, peer.to_string(), config, events_tx)
-                }));
+                workers.push(thread::spawn(move || serve(stream, peer.to_string(), config, events_tx)));
             }
             for w in workers {
                 let _ = w.join();
@@ -136,38 +101,20 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         };
         let frames = opts.frames;
         let interval = Duration::from_millis(opts.interval_ms);
-        let seed = d.id.bytes().fold(0x9E37_79B9u32, |a, b| {
-            (a ^ b as u32).wrapping_mul(0x0100_0193).rotate_left(13)
-        });
-        clients.push(thread::spawn(move || {
-            run_device(addr, config, frames, interval, seed)
-        }));
+        let seed =
+            d.id.bytes()
+                .fold(0x9E37_79B9u32, |a, b| (a ^ b as u32).wrapping_mul(0x0100_0193).rotate_left(13));
+        clients.push(thread::spawn(move || run_device(addr, config, frames, interval, seed)));
     }
 
     let mut summary: Vec<(String, String, u64, u64, u64, String)> = Vec::new();
     for event in events_rx {
         match event {
-            HostEvent::Connected {
-                device,
-                profile,
-                suite,
-                key,
-            } => {
+            HostEvent::Connected { device, profile, suite, key } => {
                 println!("[host] {device} connected: {profile}, {suite}, device key {key:?}");
-                summary.push((
-                    device,
-                    format!("{profile}/{}", suite_short(suite)),
-                    0,
-                    0,
-                    0,
-                    String::new(),
-                ));
+                summary.push((device, format!("{profile}/{}", suite_short(suite)), 0, 0, 0, String::new()));
             }
-            HostEvent::Frame {
-                device,
-                channel,
-                payload,
-            } => {
+            HostEvent::Frame { device, channel, payload } => {
                 if let Some(row) = summary.iter_mut().find(|r| r.0 == device) {
                     match channel {
                         1 => row.2 += 1,
@@ -179,11 +126,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                     println!("[host] {device} {}", describe(channel, &payload));
                 }
             }
-            HostEvent::Ended {
-                device,
-                outcome,
-                frames,
-            } => {
+            HostEvent::Ended { device, outcome, frames } => {
                 println!("[host] {device} session ended: {outcome} after {frames} frames");
                 if let Some(row) = summary.iter_mut().find(|r| r.0 == device) {
                     row.5 = outcome;
@@ -216,15 +159,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     if !device_errors.is_empty() {
         return Err(format!("device errors: {}", device_errors.join("; ")));
     }
-    let complete = summary
-        .iter()
-        .filter(|r| r.5 == "closed by device (normal)")
-        .count();
+    let complete = summary.iter().filter(|r| r.5 == "closed by device (normal)").count();
     if complete != opts.devices {
-        return Err(format!(
-            "only {complete} of {} devices completed their session",
-            opts.devices
-        ));
+        return Err(format!("only {complete} of {} devices completed their session", opts.devices));
     }
     Ok(())
 }
@@ -237,36 +174,18 @@ fn suite_short(s: CipherSuite) -> &'static str {
 }
 
 /// The host's side of one connection.
-fn serve(
-    stream: TcpStream,
-    peer: String,
-    config: ResponderConfig,
-    events: mpsc::Sender<HostEvent>,
-) {
+fn serve(stream: TcpStream, peer: String, config: ResponderConfig, events: mpsc::Sender<HostEvent>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut link = Link::new(stream);
     let hs = match Handshake::responder(config) {
         Ok(h) => h,
-        Err(e) => {
-            return drop(events.send(HostEvent::Failed {
-                peer,
-                error: e.to_string(),
-            }))
-        }
+        Err(e) => return drop(events.send(HostEvent::Failed { peer, error: e.to_string() })),
     };
     let mut session = match link.handshake(hs) {
         Ok(s) => s,
-        Err(e) => {
-            return drop(events.send(HostEvent::Failed {
-                peer,
-                error: e.to_string(),
-            }))
-        }
+        Err(e) => return drop(events.send(HostEvent::Failed { peer, error: e.to_string() })),
     };
-    let device = session
-        .peer_identity()
-        .map(|i| i.device_id.clone())
-        .unwrap_or_default();
+    let device = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let _ = events.send(HostEvent::Connected {
         device: device.clone(),
         profile: session.profile(),
@@ -276,11 +195,7 @@ fn serve(
     let outcome = loop {
         match link.receive(&mut session) {
             Ok(Some(Incoming::Data { channel, payload })) => {
-                let _ = events.send(HostEvent::Frame {
-                    device: device.clone(),
-                    channel,
-                    payload,
-                });
+                let _ = events.send(HostEvent::Frame { device: device.clone(), channel, payload });
             }
             Ok(Some(Incoming::Closed(code))) => {
                 // Keep reading until the device's end of stream.
@@ -291,11 +206,7 @@ fn serve(
             Err(e) => break format!("error: {e}"),
         }
     };
-    let _ = events.send(HostEvent::Ended {
-        device,
-        outcome,
-        frames: session.stats().frames_received,
-    });
+    let _ = events.send(HostEvent::Ended { device, outcome, frames: session.stats().frames_received });
 }
 
 /// A simulated patient monitor: handshake, stream vitals, close.
@@ -314,18 +225,14 @@ fn run_device(
     let mut monitor = PatientMonitor::new(seed);
     for tick in 0..frames {
         for (channel, payload) in monitor.tick(tick) {
-            session
-                .seal_data(channel, &payload, link.send_buf())
-                .map_err(|e| e.to_string())?;
+            session.seal_data(channel, &payload, link.send_buf()).map_err(|e| e.to_string())?;
         }
         link.flush().map_err(|e| e.to_string())?;
         if !interval.is_zero() {
             thread::sleep(interval);
         }
     }
-    session
-        .close(CloseCode::NORMAL, link.send_buf())
-        .map_err(|e| e.to_string())?;
+    session.close(CloseCode::NORMAL, link.send_buf()).map_err(|e| e.to_string())?;
     link.flush().map_err(|e| e.to_string())?;
     // Wait for the host's CLOSE, then end the stream.
     loop {

@@ -38,17 +38,9 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo {
-            devices,
-            frames,
-            interval_ms,
-            quiet,
-        } => demo::run(demo::DemoOptions {
-            devices: devices as usize,
-            frames,
-            interval_ms,
-            quiet,
-        }),
+        Command::Demo { devices, frames, interval_ms, quiet } => {
+            demo::run(demo::DemoOptions { devices: devices as usize, frames, interval_ms, quiet })
+        }
     };
     if let Err(e) = result {
         eprintln!("vitalwire: {e}");

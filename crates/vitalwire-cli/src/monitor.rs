@@ -21,12 +21,7 @@ pub struct PatientMonitor {
 
 impl PatientMonitor {
     pub fn new(seed: u32) -> Self {
-        PatientMonitor {
-            state: seed | 1,
-            hr: 72.0,
-            spo2: 98.0,
-            phase: 0.0,
-        }
+        PatientMonitor { state: seed | 1, hr: 72.0, spo2: 98.0, phase: 0.0 }
     }
 
     fn rand(&mut self) -> f32 {
@@ -45,11 +40,7 @@ impl PatientMonitor {
         let dia = 78.0 + self.rand() * 6.0;
         let mut out = vec![(
             CH_NUMERICS,
-            format!(
-                "HR={:.0};SpO2={:.0};NIBP={:.0}/{:.0}",
-                self.hr, self.spo2, sys, dia
-            )
-            .into_bytes(),
+            format!("HR={:.0};SpO2={:.0};NIBP={:.0}/{:.0}", self.hr, self.spo2, sys, dia).into_bytes(),
         )];
         let mut wave = Vec::with_capacity(WAVEFORM_SAMPLES * 2);
         let step = self.hr / 60.0 / 250.0; // 250 Hz sampling
@@ -88,13 +79,9 @@ pub fn describe(channel: u8, payload: &[u8]) -> String {
     match channel {
         CH_NUMERICS => format!("numerics  {}", String::from_utf8_lossy(payload)),
         CH_WAVEFORM => {
-            let samples: Vec<i16> = payload
-                .chunks_exact(2)
-                .map(|c| i16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            let (min, max) = samples
-                .iter()
-                .fold((i16::MAX, i16::MIN), |(a, b), &s| (a.min(s), b.max(s)));
+            let samples: Vec<i16> =
+                payload.chunks_exact(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect();
+            let (min, max) = samples.iter().fold((i16::MAX, i16::MIN), |(a, b), &s| (a.min(s), b.max(s)));
             format!("waveform  {} samples, {min}..{max} uV", samples.len())
         }
         CH_ALARMS => format!("ALARM     {}", String::from_utf8_lossy(payload)),
@@ -111,9 +98,7 @@ mod tests {
         let mut m = PatientMonitor::new(7);
         let frames = m.tick(0);
         assert_eq!(frames[0].0, CH_NUMERICS);
-        assert!(String::from_utf8(frames[0].1.clone())
-            .unwrap()
-            .starts_with("HR="));
+        assert!(String::from_utf8(frames[0].1.clone()).unwrap().starts_with("HR="));
         assert_eq!(frames[1].1.len(), WAVEFORM_SAMPLES * 2);
         assert!(describe(CH_WAVEFORM, &frames[1].1).contains("64 samples"));
     }

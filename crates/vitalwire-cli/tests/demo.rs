@@ -5,30 +5,14 @@ use std::process::Command;
 #[test]
 fn demo_streams_telemetry_from_every_profile() {
     let out = Command::new(env!("CARGO_BIN_EXE_vitalwire"))
-        .args([
-            "demo",
-            "--devices",
-            "8",
-            "--frames",
-            "30",
-            "--interval-ms",
-            "0",
-            "--quiet",
-        ])
+        .args(["demo", "--devices", "8", "--frames", "30", "--interval-ms", "0", "--quiet"])
         .output()
         .expect("run vitalwire demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for profile in ["XX/", "IK/", "KK/", "XXpsk3/"] {
         for suite in ["ChaChaPoly", "AESGCM"] {
-            assert!(
-                stdout.contains(&format!("{profile}{suite}")),
-                "{profile}{suite} missing:\n{stdout}"
-            );
+            assert!(stdout.contains(&format!("{profile}{suite}")), "{profile}{suite} missing:\n{stdout}");
         }
     }
     assert_eq!(stdout.matches(" connected: ").count(), 8);
@@ -44,10 +28,8 @@ fn demo_streams_telemetry_from_every_profile() {
 
 #[test]
 fn bad_arguments_exit_non_zero_with_a_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitalwire"))
-        .args(["demo", "--devices", "0"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_vitalwire")).args(["demo", "--devices", "0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--devices"));
 }

@@ -101,12 +101,7 @@ impl TransportCipher {
 
     /// A cipher on a chosen backend.
     pub fn with_backend(suite: CipherSuite, backend: Backend, key: &[u8; CIPHER_KEY_LEN]) -> Self {
-        TransportCipher {
-            suite,
-            backend,
-            aead: make_aead(suite, backend, key),
-            nonce: 0,
-        }
+        TransportCipher { suite, backend, aead: make_aead(suite, backend, key), nonce: 0 }
     }
 
     /// The next nonce this cipher will use.
@@ -189,21 +184,15 @@ impl TransportCipher {
         let ok = match &self.aead {
             #[cfg(feature = "std")]
             Aead::Ring(key) => key
-                .open_in_place(
-                    ring::aead::Nonce::assume_unique_for_key(n),
-                    ring::aead::Aad::from(ad),
-                    in_out,
-                )
+                .open_in_place(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::from(ad), in_out)
                 .is_ok(),
             Aead::ChaCha(c) => {
                 let (ct, tag) = in_out.split_at_mut(ct_len);
-                c.decrypt_in_place_detached(&n.into(), ad, ct, (&*tag).into())
-                    .is_ok()
+                c.decrypt_in_place_detached(&n.into(), ad, ct, (&*tag).into()).is_ok()
             }
             Aead::AesGcm(c) => {
                 let (ct, tag) = in_out.split_at_mut(ct_len);
-                c.decrypt_in_place_detached(&n.into(), ad, ct, (&*tag).into())
-                    .is_ok()
+                c.decrypt_in_place_detached(&n.into(), ad, ct, (&*tag).into()).is_ok()
             }
         };
         if ok {
@@ -229,10 +218,7 @@ mod tests {
 
     fn pair(suite: CipherSuite, a: Backend, b: Backend) -> (TransportCipher, TransportCipher) {
         let key = [7u8; 32];
-        (
-            TransportCipher::with_backend(suite, a, &key),
-            TransportCipher::with_backend(suite, b, &key),
-        )
+        (TransportCipher::with_backend(suite, a, &key), TransportCipher::with_backend(suite, b, &key))
     }
 
     proptest! {
@@ -270,27 +256,17 @@ mod tests {
 
     #[test]
     fn failed_open_does_not_advance_nonce() {
-        let (mut s, mut r) = pair(
-            CipherSuite::AesGcmSha256,
-            Backend::default(),
-            Backend::default(),
-        );
+        let (mut s, mut r) = pair(CipherSuite::AesGcmSha256, Backend::default(), Backend::default());
         let mut m = *b"hello";
         let tag = s.seal_in_place(&[], &mut m).unwrap();
         let mut frame = alloc::vec::Vec::from(&m[..]);
         frame.extend_from_slice(&tag);
         let mut bad = frame.clone();
         bad[0] ^= 1;
-        assert_eq!(
-            r.open_in_place(&[], &mut bad),
-            Err(Error::AuthenticationFailed)
-        );
+        assert_eq!(r.open_in_place(&[], &mut bad), Err(Error::AuthenticationFailed));
         assert_eq!(r.nonce(), 0);
         assert_eq!(r.open_in_place(&[], &mut frame), Ok(5));
         assert_eq!(&frame[..5], b"hello");
-        assert_eq!(
-            r.open_in_place(&[], &mut [0u8; 3]),
-            Err(Error::AuthenticationFailed)
-        );
+        assert_eq!(r.open_in_place(&[], &mut [0u8; 3]), Err(Error::AuthenticationFailed));
     }
 }

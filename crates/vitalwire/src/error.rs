@@ -116,9 +116,7 @@ pub enum HandshakeError {
     UnexpectedPeerKey,
     /// A handshake message failed authentication: wrong key, wrong pre-shared key, a changed
     /// HELLO (downgrade attempt) or tampering.
-    #[error(
-        "handshake message failed authentication (wrong key, wrong PSK, downgrade or tampering)"
-    )]
+    #[error("handshake message failed authentication (wrong key, wrong PSK, downgrade or tampering)")]
     AuthenticationFailed,
     /// A frame arrived that the handshake state does not expect now (out of order, duplicate
     /// or after the end).
@@ -314,10 +312,7 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            Error::PayloadTooLarge { .. }
-                | Error::UnknownFrameKind(_)
-                | Error::Config(_)
-                | Error::Key(_)
+            Error::PayloadTooLarge { .. } | Error::UnknownFrameKind(_) | Error::Config(_) | Error::Key(_)
         )
     }
 

@@ -23,11 +23,7 @@ pub struct Timestamp(pub u64);
 
 /// Which direction a key or frame went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
 pub enum Direction {
     /// Sent by this side.
     Outbound,
@@ -37,11 +33,7 @@ pub enum Direction {
 
 /// A limit that was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Limit {
     /// A received frame longer than this side accepts.
@@ -54,11 +46,7 @@ pub enum Limit {
 
 /// How urgent an event is for an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
 pub enum Severity {
     /// Normal operation.
     Info,
@@ -70,11 +58,7 @@ pub enum Severity {
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(tag = "event", rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "event", rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum EventKind {
     /// A handshake completed; the session is established.
@@ -147,9 +131,9 @@ impl EventKind {
             {
                 Severity::Info
             }
-            EventKind::SessionClosed { .. }
-            | EventKind::UnknownFrameKind { .. }
-            | EventKind::Truncated => Severity::Warning,
+            EventKind::SessionClosed { .. } | EventKind::UnknownFrameKind { .. } | EventKind::Truncated => {
+                Severity::Warning
+            }
             EventKind::LimitExceeded { .. } => Severity::Warning,
             EventKind::HandshakeFailed { reason } => match reason {
                 Error::Handshake(
@@ -170,10 +154,7 @@ impl EventKind {
 }
 
 #[cfg(feature = "serde")]
-fn ser_display<T: core::fmt::Display, S: serde::Serializer>(
-    v: &T,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ser_display<T: core::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -215,8 +196,7 @@ fn ser_opt_display<T: core::fmt::Display, S: serde::Serializer>(
 impl SecurityEvent {
     /// The event as one line of JSON (for JSON Lines logs), without a trailing newline.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| String::from("{\"event\":\"unserializable\"}"))
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"event\":\"unserializable\"}"))
     }
 }
 

@@ -137,11 +137,7 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// A header for `kind` on `channel` with no flags.
     pub const fn new(kind: FrameKind, channel: u8) -> Self {
-        FrameHeader {
-            kind,
-            flags: 0,
-            channel,
-        }
+        FrameHeader { kind, flags: 0, channel }
     }
 
     /// Writes the three header bytes.
@@ -153,11 +149,7 @@ impl FrameHeader {
     /// payload: reserved flags are zero (§5.2 "flags MUST be zero") and control frames use
     /// channel 0 (§5.3). Unknown kinds are returned as such for the caller to discard.
     pub fn decode(bytes: [u8; HEADER_LEN]) -> Result<Self, ProtocolError> {
-        let header = FrameHeader {
-            kind: FrameKind(bytes[0]),
-            flags: bytes[1],
-            channel: bytes[2],
-        };
+        let header = FrameHeader { kind: FrameKind(bytes[0]), flags: bytes[1], channel: bytes[2] };
         if header.flags != 0 {
             return Err(ProtocolError::ReservedFlags(header.flags));
         }
@@ -181,27 +173,15 @@ mod tests {
 
     #[test]
     fn header_rejects_reserved_flags_and_control_channels() {
-        assert_eq!(
-            FrameHeader::decode([0x01, 0x80, 0]),
-            Err(ProtocolError::ReservedFlags(0x80))
-        );
-        assert_eq!(
-            FrameHeader::decode([0x02, 0, 1]),
-            Err(ProtocolError::ChannelOnControlFrame)
-        );
+        assert_eq!(FrameHeader::decode([0x01, 0x80, 0]), Err(ProtocolError::ReservedFlags(0x80)));
+        assert_eq!(FrameHeader::decode([0x02, 0, 1]), Err(ProtocolError::ChannelOnControlFrame));
         // Unknown kinds pass header checks; the session discards them.
-        assert_eq!(
-            FrameHeader::decode([0x42, 0, 9]).unwrap().kind,
-            FrameKind(0x42)
-        );
+        assert_eq!(FrameHeader::decode([0x42, 0, 9]).unwrap().kind, FrameKind(0x42));
     }
 
     #[test]
     fn debug_names_kinds_and_codes() {
         assert_eq!(alloc::format!("{:?}", FrameKind(0x99)), "Unknown(0x99)");
-        assert_eq!(
-            alloc::format!("{}", CloseCode::UNAUTHORIZED),
-            "unauthorized (0x0005)"
-        );
+        assert_eq!(alloc::format!("{}", CloseCode::UNAUTHORIZED), "unauthorized (0x0005)");
     }
 }

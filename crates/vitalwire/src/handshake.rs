@@ -30,9 +30,7 @@ use crate::error::{DecodeError, Error, HandshakeError, RejectReason};
 use crate::events::{EventKind, EventQueue, SecurityCounters, SecurityEvent, Timestamp};
 use crate::frame::{CloseCode, FrameHeader, FrameKind};
 use crate::hello::{self, HandshakeFrame, MAX_HANDSHAKE_FRAME_LEN, MAX_HINT_LEN, TYPE_HANDSHAKE};
-use crate::keys::{
-    EntropyError, EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey, KEY_ID_LEN,
-};
+use crate::keys::{EntropyError, EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey, KEY_ID_LEN};
 use crate::noise::{self, NoiseSetup};
 use crate::pairing;
 use crate::payload::{self, DeviceIdentity, SessionParams, PAIRING_NONCE_LEN};
@@ -76,9 +74,7 @@ impl StaticPskDirectory {
 
 impl core::fmt::Debug for StaticPskDirectory {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("StaticPskDirectory")
-            .field("psks", &self.psks.len())
-            .finish()
+        f.debug_struct("StaticPskDirectory").field("psks", &self.psks.len()).finish()
     }
 }
 
@@ -380,14 +376,9 @@ impl Handshake {
             _ => {}
         }
         if config.pairing && !matches!(config.profile, Profile::Xx | Profile::XxPsk3) {
-            return Err(Error::Config(
-                "pairing is for XX and XXpsk3 (IK and KK already know the keys)",
-            ));
+            return Err(Error::Config("pairing is for XX and XXpsk3 (IK and KK already know the keys)"));
         }
-        config
-            .identity
-            .encode()
-            .map_err(|_| Error::Config("device identity out of range"))?;
+        config.identity.encode().map_err(|_| Error::Config("device identity out of range"))?;
         let (profile, suite) = (config.profile, config.suite);
         let mut hs = Self::with_side(Side::Initiator(config), Some(profile), Some(suite));
         if let Side::Initiator(c) = &hs.side {
@@ -400,10 +391,7 @@ impl Handshake {
 
     /// Starts the host's side; it waits for a HELLO.
     pub fn responder(config: ResponderConfig) -> Result<Self, Error> {
-        config
-            .params
-            .validate()
-            .map_err(|_| Error::Config("session parameters out of range"))?;
+        config.params.validate().map_err(|_| Error::Config("session parameters out of range"))?;
         Ok(Self::with_side(Side::Responder(config), None, None))
     }
 
@@ -447,11 +435,7 @@ impl Handshake {
 
     /// Whether every handshake message has been sent and received.
     pub fn is_finished(&self) -> bool {
-        self.failed.is_none()
-            && self
-                .noise
-                .as_ref()
-                .is_some_and(|n| n.is_handshake_finished())
+        self.failed.is_none() && self.noise.as_ref().is_some_and(|n| n.is_handshake_finished())
     }
 
     /// The error that ended the handshake, if one did.
@@ -466,10 +450,7 @@ impl Handshake {
 
     /// The peer's static key, once the Noise handshake has revealed it.
     pub fn remote_static(&self) -> Option<PublicKey> {
-        self.noise
-            .as_ref()?
-            .get_remote_static()
-            .and_then(|k| PublicKey::from_slice(k).ok())
+        self.noise.as_ref()?.get_remote_static().and_then(|k| PublicKey::from_slice(k).ok())
     }
 
     /// Whether this is a pairing handshake (requested by the device, accepted by the host).
@@ -493,12 +474,8 @@ impl Handshake {
             return first;
         }
         match e {
-            Error::Handshake(HandshakeError::UnknownPeer) => {
-                self.events.push(EventKind::UnknownPeer)
-            }
-            Error::Handshake(HandshakeError::RevokedPeer) => {
-                self.events.push(EventKind::RevokedPeer)
-            }
+            Error::Handshake(HandshakeError::UnknownPeer) => self.events.push(EventKind::UnknownPeer),
+            Error::Handshake(HandshakeError::RevokedPeer) => self.events.push(EventKind::RevokedPeer),
             _ => {}
         }
         self.events.push(EventKind::HandshakeFailed { reason: e });
@@ -531,9 +508,7 @@ impl Handshake {
             return Err(e);
         }
         if !self.wants_write() {
-            return Err(Error::Config(
-                "not this side's turn to write a handshake message",
-            ));
+            return Err(Error::Config("not this side's turn to write a handshake message"));
         }
         match self.write_inner() {
             Ok(frame) => {
@@ -549,12 +524,7 @@ impl Handshake {
     }
 
     fn current_hash(&self) -> Option<[u8; 32]> {
-        self.noise
-            .as_ref()?
-            .get_handshake_hash()
-            .get(..32)?
-            .try_into()
-            .ok()
+        self.noise.as_ref()?.get_handshake_hash().get(..32)?.try_into().ok()
     }
 
     fn write_inner(&mut self) -> Result<Vec<u8>, Error> {
@@ -576,15 +546,10 @@ impl Handshake {
     }
 
     fn noise_write(&mut self, payload: &[u8], frame: &mut Vec<u8>) -> Result<(), Error> {
-        let noise = self
-            .noise
-            .as_mut()
-            .ok_or(HandshakeError::UnexpectedMessage)?;
+        let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
         let start = frame.len();
         frame.resize(start + MAX_HANDSHAKE_FRAME_LEN, 0);
-        let n = noise
-            .write_message(payload, &mut frame[start..])
-            .map_err(noise::map_err)?;
+        let n = noise.write_message(payload, &mut frame[start..]).map_err(noise::map_err)?;
         frame.truncate(start + n);
         Ok(())
     }
@@ -606,9 +571,7 @@ impl Handshake {
             match (c.fixed_pairing_nonce, entropy.as_mut()) {
                 (Some(fixed), _) => nonce = fixed,
                 (None, Some(e)) => e.fill(&mut nonce).map_err(|_| HandshakeError::NoEntropy)?,
-                (None, None) => default_entropy()?
-                    .fill(&mut nonce)
-                    .map_err(|_| HandshakeError::NoEntropy)?,
+                (None, None) => default_entropy()?.fill(&mut nonce).map_err(|_| HandshakeError::NoEntropy)?,
             }
             payload = payload::encode_pairing_commitment(&pairing::commitment(&nonce));
             p.nonce = Some(nonce);
@@ -617,8 +580,7 @@ impl Handshake {
             // IK, KK: message 1 is the device's last message and carries its identity.
             payload = c.identity.encode()?;
         }
-        let mut frame =
-            hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
+        let mut frame = hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
         let prologue = hello::prologue(&frame);
         let name = noise::protocol_name(profile, c.suite);
         let state = noise::build(NoiseSetup {
@@ -750,38 +712,25 @@ impl Handshake {
 
     fn read_noise(&mut self, message: &[u8]) -> Result<(), Error> {
         let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
-        let noise = self
-            .noise
-            .as_mut()
-            .ok_or(HandshakeError::UnexpectedMessage)?;
+        let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
         let mut payload = vec![0u8; message.len()];
-        let n = noise
-            .read_message(message, &mut payload)
-            .map_err(noise::map_err)?;
+        let n = noise.read_message(message, &mut payload).map_err(noise::map_err)?;
         payload.truncate(n);
         if let Some(key) = self.remote_static() {
             self.events.peer = Some(key.fingerprint());
         }
         match self.role() {
-            Role::Responder if self.index == Self::identity_index(profile) => {
-                self.read_identity(&payload)
-            }
+            Role::Responder if self.index == Self::identity_index(profile) => self.read_identity(&payload),
             Role::Responder if !payload.is_empty() => {
                 // XX/XXpsk3 message 1 may carry a pairing commitment and nothing else.
                 let commitment = payload::decode_pairing_commitment(&payload)?;
-                let Side::Responder(c) = &self.side else {
-                    unreachable!()
-                };
+                let Side::Responder(c) = &self.side else { unreachable!() };
                 if !c.allow_pairing {
-                    return Err(self.reject(
-                        RejectReason::PairingNotAllowed,
-                        HandshakeError::PairingNotAllowed,
-                    ));
+                    return Err(
+                        self.reject(RejectReason::PairingNotAllowed, HandshakeError::PairingNotAllowed)
+                    );
                 }
-                self.pairing = Some(Pairing {
-                    nonce: None,
-                    commitment: Some(commitment),
-                });
+                self.pairing = Some(Pairing { nonce: None, commitment: Some(commitment) });
                 Ok(())
             }
             Role::Responder => Ok(()),
@@ -797,9 +746,7 @@ impl Handshake {
         })?;
         self.peer_params = Some(params);
         self.h2 = self.current_hash();
-        let Side::Initiator(c) = &self.side else {
-            unreachable!()
-        };
+        let Side::Initiator(c) = &self.side else { unreachable!() };
         if !c.pinned_host_keys.is_empty() {
             let remote = self.remote_static().ok_or(HandshakeError::Noise)?;
             if !c.pinned_host_keys.contains(&remote) {
@@ -825,9 +772,7 @@ impl Handshake {
             (None, Some(_)) => return Err(DecodeError::UnknownCriticalField(0x05).into()),
         }
         let key = self.remote_static().ok_or(HandshakeError::Noise)?;
-        let Side::Responder(c) = &self.side else {
-            unreachable!()
-        };
+        let Side::Responder(c) = &self.side else { unreachable!() };
         let decision = c.trust.check(&key, Some(&identity));
         self.peer_identity = Some(identity);
         let refusal = match (decision, self.pairing.is_some()) {
@@ -835,18 +780,13 @@ impl Handshake {
             (TrustDecision::Revoked, _) => HandshakeError::RevokedPeer,
             (TrustDecision::Unknown, false) => HandshakeError::UnknownPeer,
         };
-        if self
-            .noise
-            .as_ref()
-            .is_some_and(|n| n.is_handshake_finished())
-        {
+        if self.noise.as_ref().is_some_and(|n| n.is_handshake_finished()) {
             // XX, XXpsk3: the device holds the session keys; tell it why, authenticated.
             self.pending = Some(self.sealed_close(CloseCode::UNAUTHORIZED)?);
         } else {
             // IK, KK: no message 2. The REJECT is as informative as silence to an attacker who
             // holds a device key, and tells an honest but unregistered device what is wrong.
-            self.pending =
-                Some(hello::reject(PROTOCOL_VERSION, RejectReason::UnknownCredential).to_vec());
+            self.pending = Some(hello::reject(PROTOCOL_VERSION, RejectReason::UnknownCredential).to_vec());
         }
         Err(refusal.into())
     }
@@ -870,19 +810,13 @@ impl Handshake {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let (Some(noise_state), Some(profile), Some(suite)) =
-            (self.noise.take(), self.profile, self.suite)
+        let (Some(noise_state), Some(profile), Some(suite)) = (self.noise.take(), self.profile, self.suite)
         else {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
         let finished = noise::finish(noise_state, suite)?;
         let pairing_code = match (&self.pairing, self.h2) {
-            (
-                Some(Pairing {
-                    nonce: Some(nonce), ..
-                }),
-                Some(h2),
-            ) => Some(pairing::code(&h2, nonce)),
+            (Some(Pairing { nonce: Some(nonce), .. }), Some(h2)) => Some(pairing::code(&h2, nonce)),
             (Some(_), _) => return Err(HandshakeError::PairingCommitmentMismatch.into()),
             (None, _) => None,
         };
@@ -902,10 +836,7 @@ impl Handshake {
                 }
             }
             Side::Responder(c) => {
-                let identity = self
-                    .peer_identity
-                    .take()
-                    .ok_or(HandshakeError::UnexpectedMessage)?;
+                let identity = self.peer_identity.take().ok_or(HandshakeError::UnexpectedMessage)?;
                 SessionSetup {
                     role: Role::Responder,
                     profile,
@@ -946,38 +877,25 @@ fn default_entropy() -> Result<Box<dyn EntropySource>, HandshakeError> {
 fn accept_hello(
     c: &ResponderConfig,
     h: &hello::Hello<'_>,
-) -> Result<(Profile, CipherSuite, Option<PublicKey>, Option<Psk>), (RejectReason, HandshakeError)>
-{
+) -> Result<(Profile, CipherSuite, Option<PublicKey>, Option<Psk>), (RejectReason, HandshakeError)> {
     use RejectReason as R;
     if h.version != PROTOCOL_VERSION {
-        return Err((
-            R::UnsupportedVersion,
-            HandshakeError::UnsupportedVersion(h.version),
-        ));
+        return Err((R::UnsupportedVersion, HandshakeError::UnsupportedVersion(h.version)));
     }
-    let profile = Profile::from_code(h.profile).ok_or((
-        R::UnsupportedProfile,
-        HandshakeError::UnsupportedProfile(h.profile),
-    ))?;
+    let profile = Profile::from_code(h.profile)
+        .ok_or((R::UnsupportedProfile, HandshakeError::UnsupportedProfile(h.profile)))?;
     if !c.profiles.contains(&profile) {
-        return Err((
-            R::UnsupportedProfile,
-            HandshakeError::ProfileNotAccepted(profile),
-        ));
+        return Err((R::UnsupportedProfile, HandshakeError::ProfileNotAccepted(profile)));
     }
-    let suite = CipherSuite::from_code(h.suite).ok_or((
-        R::UnsupportedSuite,
-        HandshakeError::UnsupportedSuite(h.suite),
-    ))?;
+    let suite = CipherSuite::from_code(h.suite)
+        .ok_or((R::UnsupportedSuite, HandshakeError::UnsupportedSuite(h.suite)))?;
     if !c.suites.contains(&suite) {
         return Err((R::UnsupportedSuite, HandshakeError::SuiteNotAccepted));
     }
     match profile {
         Profile::Kk => {
-            let id: [u8; KEY_ID_LEN] = h
-                .hint
-                .try_into()
-                .map_err(|_| (R::Malformed, HandshakeError::UnexpectedPayload))?;
+            let id: [u8; KEY_ID_LEN] =
+                h.hint.try_into().map_err(|_| (R::Malformed, HandshakeError::UnexpectedPayload))?;
             let key = c
                 .trust
                 .find_by_key_id(&KeyId(id))

@@ -70,20 +70,14 @@ impl<'a> HandshakeFrame<'a> {
             [] => Err(DecodeError::EmptyFrame),
             [TYPE_HELLO, rest @ ..] => {
                 let [m0, m1, version, profile, suite, hint_len, tail @ ..] = rest else {
-                    return Err(DecodeError::FrameTooShort {
-                        len: bytes.len(),
-                        min: 7,
-                    });
+                    return Err(DecodeError::FrameTooShort { len: bytes.len(), min: 7 });
                 };
                 if [*m0, *m1] != MAGIC {
                     return Err(DecodeError::BadMagic);
                 }
                 let hint_len = *hint_len as usize;
                 if hint_len > MAX_HINT_LEN || tail.len() < hint_len {
-                    return Err(DecodeError::FrameTooShort {
-                        len: bytes.len(),
-                        min: 7 + hint_len,
-                    });
+                    return Err(DecodeError::FrameTooShort { len: bytes.len(), min: 7 + hint_len });
                 }
                 let header_len = 7 + hint_len;
                 Ok(HandshakeFrame::Hello(Hello {
@@ -96,14 +90,12 @@ impl<'a> HandshakeFrame<'a> {
                 }))
             }
             [TYPE_HANDSHAKE, noise @ ..] => Ok(HandshakeFrame::Message(noise)),
-            [TYPE_REJECT, version, reason] => Ok(HandshakeFrame::Reject {
-                version: *version,
-                reason: RejectReason::from_code(*reason),
-            }),
-            [TYPE_REJECT, ..] if bytes.len() < 3 => Err(DecodeError::FrameTooShort {
-                len: bytes.len(),
-                min: 3,
-            }),
+            [TYPE_REJECT, version, reason] => {
+                Ok(HandshakeFrame::Reject { version: *version, reason: RejectReason::from_code(*reason) })
+            }
+            [TYPE_REJECT, ..] if bytes.len() < 3 => {
+                Err(DecodeError::FrameTooShort { len: bytes.len(), min: 3 })
+            }
             [TYPE_REJECT, ..] => Err(DecodeError::TrailingBytes),
             [other, ..] => Err(DecodeError::UnknownHandshakeFrame(*other)),
         }
@@ -143,13 +135,8 @@ mod tests {
         let mut frame = hello_header(1, 3, 1, &[9; 8]);
         assert_eq!(&frame[..7], &[0x01, b'V', b'W', 1, 3, 1, 8]);
         frame.extend_from_slice(b"noise");
-        let HandshakeFrame::Hello(h) = HandshakeFrame::decode(&frame).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (h.version, h.profile, h.suite, h.hint),
-            (1, 3, 1, &[9u8; 8][..])
-        );
+        let HandshakeFrame::Hello(h) = HandshakeFrame::decode(&frame).unwrap() else { panic!() };
+        assert_eq!((h.version, h.profile, h.suite, h.hint), (1, 3, 1, &[9u8; 8][..]));
         assert_eq!(h.noise, b"noise");
         assert_eq!(h.header.len(), 15);
         assert_eq!(prologue(h.header)[..9], *b"vitalwire");
@@ -158,10 +145,7 @@ mod tests {
     #[test]
     fn bad_frames_are_typed_errors() {
         assert_eq!(HandshakeFrame::decode(&[]), Err(DecodeError::EmptyFrame));
-        assert_eq!(
-            HandshakeFrame::decode(b"\x01XW\x01\x01\x01\x00"),
-            Err(DecodeError::BadMagic)
-        );
+        assert_eq!(HandshakeFrame::decode(b"\x01XW\x01\x01\x01\x00"), Err(DecodeError::BadMagic));
         assert!(matches!(
             HandshakeFrame::decode(b"\x01VW\x01\x01\x01\x05ab"),
             Err(DecodeError::FrameTooShort { .. })
@@ -170,20 +154,11 @@ mod tests {
             HandshakeFrame::decode(b"\x01VW\x01\x01\x01\x21"),
             Err(DecodeError::FrameTooShort { .. })
         ));
-        assert_eq!(
-            HandshakeFrame::decode(b"\x09"),
-            Err(DecodeError::UnknownHandshakeFrame(9))
-        );
-        assert_eq!(
-            HandshakeFrame::decode(b"\x03\x01\x02\x00"),
-            Err(DecodeError::TrailingBytes)
-        );
+        assert_eq!(HandshakeFrame::decode(b"\x09"), Err(DecodeError::UnknownHandshakeFrame(9)));
+        assert_eq!(HandshakeFrame::decode(b"\x03\x01\x02\x00"), Err(DecodeError::TrailingBytes));
         assert_eq!(
             HandshakeFrame::decode(&reject(1, RejectReason::UnsupportedSuite)),
-            Ok(HandshakeFrame::Reject {
-                version: 1,
-                reason: RejectReason::UnsupportedSuite
-            })
+            Ok(HandshakeFrame::Reject { version: 1, reason: RejectReason::UnsupportedSuite })
         );
         for cut in 0..7 {
             assert!(HandshakeFrame::decode(&b"\x01VW\x01\x01\x01\x00"[..cut]).is_err());

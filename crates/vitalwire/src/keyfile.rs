@@ -118,28 +118,13 @@ fn parse(
     header: &str,
     kind: &'static str,
 ) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
-    let malformed = |reason| KeyFileError::Malformed {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut lines = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.starts_with('#') && !l.is_empty());
+    let malformed = |reason| KeyFileError::Malformed { path: path.to_path_buf(), reason };
+    let mut lines = text.lines().map(str::trim_end).filter(|l| !l.starts_with('#') && !l.is_empty());
     if lines.next() != Some(header) {
-        return Err(KeyFileError::WrongKind {
-            path: path.to_path_buf(),
-            expected: kind,
-        });
+        return Err(KeyFileError::WrongKind { path: path.to_path_buf(), expected: kind });
     }
-    let hex_key = lines
-        .next()
-        .and_then(|l| l.strip_prefix("x25519 "))
-        .ok_or(malformed("no x25519 line"))?;
-    let check = lines
-        .next()
-        .and_then(|l| l.strip_prefix("check "))
-        .ok_or(malformed("no check line"))?;
+    let hex_key = lines.next().and_then(|l| l.strip_prefix("x25519 ")).ok_or(malformed("no x25519 line"))?;
+    let check = lines.next().and_then(|l| l.strip_prefix("check ")).ok_or(malformed("no check line"))?;
     if lines.next().is_some() {
         return Err(malformed("unexpected lines after the checksum"));
     }
@@ -152,9 +137,7 @@ fn parse(
             .map_err(|_| malformed("the key is not hex"))?;
     }
     if checksum(header, &key) != check.to_ascii_lowercase() {
-        return Err(KeyFileError::ChecksumMismatch {
-            path: path.to_path_buf(),
-        });
+        return Err(KeyFileError::ChecksumMismatch { path: path.to_path_buf() });
     }
     Ok(key)
 }
@@ -181,10 +164,7 @@ pub fn public_key_from_text(path: &Path, text: &str) -> Result<PublicKey, KeyFil
 
 /// Writes a private key file with mode 0600. Refuses to overwrite an existing file.
 pub fn write_private_key(path: &Path, key: &PrivateKey, comment: &str) -> Result<(), KeyFileError> {
-    let io_err = |source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| KeyFileError::Io { path: path.to_path_buf(), source };
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -194,57 +174,38 @@ pub fn write_private_key(path: &Path, key: &PrivateKey, comment: &str) -> Result
     }
     let mut f = opts.open(path).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
-            KeyFileError::AlreadyExists {
-                path: path.to_path_buf(),
-            }
+            KeyFileError::AlreadyExists { path: path.to_path_buf() }
         } else {
             io_err(e)
         }
     })?;
-    f.write_all(private_key_to_text(key, comment).as_bytes())
-        .map_err(io_err)?;
+    f.write_all(private_key_to_text(key, comment).as_bytes()).map_err(io_err)?;
     f.sync_all().map_err(io_err)
 }
 
 /// Writes a public key file. Refuses to overwrite an existing file.
 pub fn write_public_key(path: &Path, key: &PublicKey, comment: &str) -> Result<(), KeyFileError> {
-    let io_err = |source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                KeyFileError::AlreadyExists {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                io_err(e)
-            }
-        })?;
-    f.write_all(public_key_to_text(key, comment).as_bytes())
-        .map_err(io_err)?;
+    let io_err = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            KeyFileError::AlreadyExists { path: path.to_path_buf() }
+        } else {
+            io_err(e)
+        }
+    })?;
+    f.write_all(public_key_to_text(key, comment).as_bytes()).map_err(io_err)?;
     f.sync_all().map_err(io_err)
 }
 
 /// Reads a private key file, refusing one that the group or others can access.
 pub fn read_private_key(path: &Path) -> Result<Keypair, KeyFileError> {
-    let io_err = |source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| KeyFileError::Io { path: path.to_path_buf(), source };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyFileError::InsecurePermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
+            return Err(KeyFileError::InsecurePermissions { path: path.to_path_buf(), mode });
         }
     }
     let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
@@ -253,10 +214,8 @@ pub fn read_private_key(path: &Path) -> Result<Keypair, KeyFileError> {
 
 /// Reads a public key file (a private key file also yields its public key).
 pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
-    let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        fs::read_to_string(path).map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })?;
     if text.trim_start().starts_with(PRIVATE_HEADER) {
         return Ok(*read_private_key(path)?.public());
     }
@@ -272,36 +231,19 @@ mod tests {
         let kp = Keypair::from_private(PrivateKey::from_bytes([9; 32]));
         let p = Path::new("k");
         let text = private_key_to_text(kp.private(), "device PM-1\nline two");
-        assert!(
-            text.starts_with("vitalwire private key v1\n# device PM-1\n# line two\nx25519 0909")
-        );
-        assert_eq!(
-            private_key_from_text(p, &text).unwrap().expose_secret(),
-            &[9; 32]
-        );
+        assert!(text.starts_with("vitalwire private key v1\n# device PM-1\n# line two\nx25519 0909"));
+        assert_eq!(private_key_from_text(p, &text).unwrap().expose_secret(), &[9; 32]);
         let pubtext = public_key_to_text(kp.public(), "");
         assert_eq!(public_key_from_text(p, &pubtext).unwrap(), *kp.public());
         // A public key file is not a private one, and vice versa.
-        assert!(matches!(
-            private_key_from_text(p, &pubtext),
-            Err(KeyFileError::WrongKind { .. })
-        ));
-        assert!(matches!(
-            public_key_from_text(p, &text),
-            Err(KeyFileError::WrongKind { .. })
-        ));
+        assert!(matches!(private_key_from_text(p, &pubtext), Err(KeyFileError::WrongKind { .. })));
+        assert!(matches!(public_key_from_text(p, &text), Err(KeyFileError::WrongKind { .. })));
         // A typo in the key.
         let typo = text.replacen("x25519 09", "x25519 08", 1);
-        assert!(matches!(
-            private_key_from_text(p, &typo),
-            Err(KeyFileError::ChecksumMismatch { .. })
-        ));
+        assert!(matches!(private_key_from_text(p, &typo), Err(KeyFileError::ChecksumMismatch { .. })));
         // Every truncation fails.
         for cut in 0..text.len() - 1 {
-            assert!(
-                private_key_from_text(p, &text[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(private_key_from_text(p, &text[..cut]).is_err(), "cut at {cut}");
         }
     }
 }

@@ -30,10 +30,8 @@ impl PublicKey {
 
     /// From a slice, checking the length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength {
-            expected: KEY_LEN,
-            actual: bytes.len(),
-        })?;
+        let arr: [u8; KEY_LEN] =
+            bytes.try_into().map_err(|_| KeyError::WrongLength { expected: KEY_LEN, actual: bytes.len() })?;
         Ok(PublicKey(arr))
     }
 
@@ -150,10 +148,8 @@ impl PrivateKey {
 
     /// From a slice, checking the length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength {
-            expected: KEY_LEN,
-            actual: bytes.len(),
-        })?;
+        let arr: [u8; KEY_LEN] =
+            bytes.try_into().map_err(|_| KeyError::WrongLength { expected: KEY_LEN, actual: bytes.len() })?;
         Ok(PrivateKey(arr))
     }
 
@@ -222,9 +218,7 @@ impl Keypair {
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keypair")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("Keypair").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -240,10 +234,8 @@ impl Psk {
 
     /// From a slice, checking the length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength {
-            expected: KEY_LEN,
-            actual: bytes.len(),
-        })?;
+        let arr: [u8; KEY_LEN] =
+            bytes.try_into().map_err(|_| KeyError::WrongLength { expected: KEY_LEN, actual: bytes.len() })?;
         Ok(Psk(arr))
     }
 
@@ -300,8 +292,7 @@ mod tests {
     fn public_key_matches_rfc7748() {
         // RFC 7748 §6.1, Alice.
         let private = PrivateKey::from_slice(
-            &hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
-                .unwrap(),
+            &hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -318,10 +309,7 @@ mod tests {
         assert_eq!(text.len(), 19);
         assert_eq!(text.matches('-').count(), 3);
         assert_eq!(Fingerprint::parse(&text), Some(fp));
-        assert_eq!(
-            Fingerprint::parse(&text.to_lowercase().replace('-', "")),
-            Some(fp)
-        );
+        assert_eq!(Fingerprint::parse(&text.to_lowercase().replace('-', "")), Some(fp));
         assert_eq!(Fingerprint::parse("ABCD-EFGH"), None);
         assert_eq!(Fingerprint::parse("ABCD-EFGH-IJKL-MN01"), None);
         assert_ne!(PublicKey::from_bytes([8; 32]).fingerprint(), fp);
@@ -331,11 +319,7 @@ mod tests {
     #[test]
     fn debug_never_prints_secrets() {
         let kp = Keypair::from_private(PrivateKey::from_bytes([0xAB; 32]));
-        let text = alloc::format!(
-            "{kp:?} {:?} {:?}",
-            kp.private(),
-            Psk::from_bytes([0xCD; 32])
-        );
+        let text = alloc::format!("{kp:?} {:?} {:?}", kp.private(), Psk::from_bytes([0xCD; 32]));
         assert!(!text.contains("abab") && !text.contains("cdcd") && !text.contains("171"));
         assert!(text.contains("redacted"));
     }
@@ -345,13 +329,7 @@ mod tests {
         let a = Keypair::generate().unwrap();
         let b = Keypair::generate().unwrap();
         assert_ne!(a.public(), b.public());
-        assert_eq!(
-            PublicKey::from_slice(&[0; 31]),
-            Err(KeyError::WrongLength {
-                expected: 32,
-                actual: 31
-            })
-        );
+        assert_eq!(PublicKey::from_slice(&[0; 31]), Err(KeyError::WrongLength { expected: 32, actual: 31 }));
         assert!(Psk::from_slice(&[0; 33]).is_err());
     }
 }

@@ -100,18 +100,12 @@ pub mod trust;
 pub mod trust_store;
 
 pub use error::{DecodeError, Error, HandshakeError, KeyError, ProtocolError, RejectReason};
-pub use events::{
-    Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timestamp,
-};
+pub use events::{Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timestamp};
 pub use frame::{CloseCode, FrameKind};
-pub use handshake::{
-    Handshake, InitiatorConfig, PskDirectory, ResponderConfig, Role, StaticPskDirectory,
-};
+pub use handshake::{Handshake, InitiatorConfig, PskDirectory, ResponderConfig, Role, StaticPskDirectory};
 #[cfg(feature = "std")]
 pub use keys::OsEntropy;
-pub use keys::{
-    EntropyError, EntropySource, Fingerprint, KeyId, Keypair, PrivateKey, Psk, PublicKey,
-};
+pub use keys::{EntropyError, EntropySource, Fingerprint, KeyId, Keypair, PrivateKey, Psk, PublicKey};
 pub use pairing::PairingCode;
 pub use payload::{DeviceIdentity, SessionParams};
 pub use profile::{CipherSuite, Profile, PROTOCOL_VERSION};

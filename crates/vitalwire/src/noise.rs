@@ -22,10 +22,7 @@ struct Resolver {
 
 impl CryptoResolver for Resolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        self.rng
-            .borrow_mut()
-            .take()
-            .or_else(|| DefaultResolver.resolve_rng())
+        self.rng.borrow_mut().take().or_else(|| DefaultResolver.resolve_rng())
     }
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
         DefaultResolver.resolve_dh(choice)
@@ -57,16 +54,9 @@ pub(crate) fn protocol_name(profile: Profile, suite: CipherSuite) -> alloc::stri
 
 /// Builds snow's handshake state.
 pub(crate) fn build(setup: NoiseSetup<'_>) -> Result<snow::HandshakeState, HandshakeError> {
-    let params: NoiseParams = setup
-        .protocol_name
-        .parse()
-        .map_err(|_| HandshakeError::Noise)?;
-    let rng: Option<Box<dyn Random>> = setup
-        .entropy
-        .map(|e| Box::new(SnowRandom(e)) as Box<dyn Random>);
-    let resolver = Resolver {
-        rng: RefCell::new(rng),
-    };
+    let params: NoiseParams = setup.protocol_name.parse().map_err(|_| HandshakeError::Noise)?;
+    let rng: Option<Box<dyn Random>> = setup.entropy.map(|e| Box::new(SnowRandom(e)) as Box<dyn Random>);
+    let resolver = Resolver { rng: RefCell::new(rng) };
     if resolver.rng.borrow().is_none() && DefaultResolver.resolve_rng().is_none() {
         return Err(HandshakeError::NoEntropy);
     }
@@ -75,27 +65,17 @@ pub(crate) fn build(setup: NoiseSetup<'_>) -> Result<snow::HandshakeState, Hands
         .and_then(|b| b.prologue(setup.prologue))
         .map_err(|_| HandshakeError::Noise)?;
     if let Some(remote) = setup.remote {
-        builder = builder
-            .remote_public_key(remote.as_bytes())
-            .map_err(|_| HandshakeError::Noise)?;
+        builder = builder.remote_public_key(remote.as_bytes()).map_err(|_| HandshakeError::Noise)?;
     }
     if let Some((position, psk)) = setup.psk {
-        builder = builder
-            .psk(position, psk.expose_secret())
-            .map_err(|_| HandshakeError::Noise)?;
+        builder = builder.psk(position, psk.expose_secret()).map_err(|_| HandshakeError::Noise)?;
     }
     if let Some(e) = setup.fixed_ephemeral {
         builder = builder.fixed_ephemeral_key_for_testing_only(e.expose_secret());
     }
-    let state = if setup.initiator {
-        builder.build_initiator()
-    } else {
-        builder.build_responder()
-    };
+    let state = if setup.initiator { builder.build_initiator() } else { builder.build_responder() };
     state.map_err(|e| match e {
-        snow::Error::Rng | snow::Error::Init(snow::error::InitStage::GetRngImpl) => {
-            HandshakeError::NoEntropy
-        }
+        snow::Error::Rng | snow::Error::Init(snow::error::InitStage::GetRngImpl) => HandshakeError::NoEntropy,
         _ => HandshakeError::Noise,
     })
 }
@@ -129,27 +109,14 @@ pub(crate) fn finish(
     if !state.is_handshake_finished() {
         return Err(HandshakeError::UnexpectedMessage);
     }
-    let remote_static = state
-        .get_remote_static()
-        .and_then(|k| PublicKey::from_slice(k).ok())
-        .ok_or(HandshakeError::Noise)?;
+    let remote_static =
+        state.get_remote_static().and_then(|k| PublicKey::from_slice(k).ok()).ok_or(HandshakeError::Noise)?;
     let mut handshake_hash = [0u8; 32];
-    handshake_hash.copy_from_slice(
-        state
-            .get_handshake_hash()
-            .get(..32)
-            .ok_or(HandshakeError::Noise)?,
-    );
+    handshake_hash.copy_from_slice(state.get_handshake_hash().get(..32).ok_or(HandshakeError::Noise)?);
     let (k1, k2) = state.dangerously_get_raw_split();
-    let (k1, k2): (
-        Zeroizing<[u8; CIPHER_KEY_LEN]>,
-        Zeroizing<[u8; CIPHER_KEY_LEN]>,
-    ) = (Zeroizing::new(k1), Zeroizing::new(k2));
-    let (tx_key, rx_key) = if state.is_initiator() {
-        (&k1, &k2)
-    } else {
-        (&k2, &k1)
-    };
+    let (k1, k2): (Zeroizing<[u8; CIPHER_KEY_LEN]>, Zeroizing<[u8; CIPHER_KEY_LEN]>) =
+        (Zeroizing::new(k1), Zeroizing::new(k2));
+    let (tx_key, rx_key) = if state.is_initiator() { (&k1, &k2) } else { (&k2, &k1) };
     Ok(Finished {
         tx: TransportCipher::new(suite, tx_key),
         rx: TransportCipher::new(suite, rx_key),

@@ -91,8 +91,7 @@ impl DeviceIdentity {
         if self.max_frame_len < MIN_FRAME_LEN {
             return Err(DecodeError::InvalidField(TAG_MAX_FRAME));
         }
-        let mut out =
-            Vec::with_capacity(16 + self.device_id.len() + self.model.len() + self.firmware.len());
+        let mut out = Vec::with_capacity(16 + self.device_id.len() + self.model.len() + self.firmware.len());
         out.extend_from_slice(&[PAYLOAD_FORMAT, KIND_IDENTITY]);
         put_field(&mut out, TAG_DEVICE_ID, self.device_id.as_bytes());
         if !self.model.is_empty() {
@@ -133,11 +132,7 @@ impl DeviceIdentity {
                 TAG_MODEL => set_once(&mut model, tag, text(tag, value, 0)?)?,
                 TAG_FIRMWARE => set_once(&mut firmware, tag, text(tag, value, 0)?)?,
                 TAG_MAX_FRAME => {
-                    let v = u16::from_be_bytes(
-                        value
-                            .try_into()
-                            .map_err(|_| DecodeError::InvalidField(tag))?,
-                    );
+                    let v = u16::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?);
                     if v < MIN_FRAME_LEN {
                         return Err(DecodeError::InvalidField(tag));
                     }
@@ -146,8 +141,7 @@ impl DeviceIdentity {
                 TAG_PAIRING_NONCE => set_once(
                     &mut pairing_nonce,
                     tag,
-                    <[u8; PAIRING_NONCE_LEN]>::try_from(value)
-                        .map_err(|_| DecodeError::InvalidField(tag))?,
+                    <[u8; PAIRING_NONCE_LEN]>::try_from(value).map_err(|_| DecodeError::InvalidField(tag))?,
                 )?,
                 t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
                 _ => {}
@@ -174,10 +168,7 @@ pub struct SessionParams {
 
 impl Default for SessionParams {
     fn default() -> Self {
-        SessionParams {
-            max_frame_len: u16::MAX,
-            rekey_interval: 1 << 20,
-        }
+        SessionParams { max_frame_len: u16::MAX, rekey_interval: 1 << 20 }
     }
 }
 
@@ -213,20 +204,12 @@ impl SessionParams {
                 TAG_P_MAX_FRAME => set_once(
                     &mut max_frame,
                     tag,
-                    u16::from_be_bytes(
-                        value
-                            .try_into()
-                            .map_err(|_| DecodeError::InvalidField(tag))?,
-                    ),
+                    u16::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?),
                 )?,
                 TAG_P_REKEY => set_once(
                     &mut rekey,
                     tag,
-                    u32::from_be_bytes(
-                        value
-                            .try_into()
-                            .map_err(|_| DecodeError::InvalidField(tag))?,
-                    ),
+                    u32::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?),
                 )?,
                 t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
                 _ => {}
@@ -258,8 +241,7 @@ pub fn decode_pairing_commitment(bytes: &[u8]) -> Result<[u8; PAIRING_NONCE_LEN]
             TAG_COMMITMENT => set_once(
                 &mut commitment,
                 tag,
-                <[u8; PAIRING_NONCE_LEN]>::try_from(value)
-                    .map_err(|_| DecodeError::InvalidField(tag))?,
+                <[u8; PAIRING_NONCE_LEN]>::try_from(value).map_err(|_| DecodeError::InvalidField(tag))?,
             )?,
             t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
             _ => {}
@@ -287,9 +269,7 @@ fn text(tag: u8, value: &[u8], min: usize) -> Result<String, DecodeError> {
     if value.len() < min || value.len() > MAX_TEXT_LEN {
         return Err(DecodeError::InvalidField(tag));
     }
-    core::str::from_utf8(value)
-        .map(String::from)
-        .map_err(|_| DecodeError::InvalidField(tag))
+    core::str::from_utf8(value).map(String::from).map_err(|_| DecodeError::InvalidField(tag))
 }
 
 /// Iterates over the TLV fields after checking the two-byte prefix.
@@ -301,10 +281,7 @@ impl<'a> Fields<'a> {
     fn new(bytes: &'a [u8], kind: u8) -> Result<Self, DecodeError> {
         match bytes {
             [PAYLOAD_FORMAT, k, rest @ ..] if *k == kind => Ok(Fields { rest }),
-            [v, k, ..] => Err(DecodeError::UnsupportedPayload {
-                version: *v,
-                kind: *k,
-            }),
+            [v, k, ..] => Err(DecodeError::UnsupportedPayload { version: *v, kind: *k }),
             _ => Err(DecodeError::PayloadTruncated),
         }
     }
@@ -344,13 +321,8 @@ mod tests {
 
     #[test]
     fn identity_bytes_are_as_specified() {
-        let bytes = DeviceIdentity {
-            model: String::new(),
-            firmware: String::new(),
-            ..identity()
-        }
-        .encode()
-        .unwrap();
+        let bytes =
+            DeviceIdentity { model: String::new(), firmware: String::new(), ..identity() }.encode().unwrap();
         assert_eq!(bytes, b"\x01\x01\x01\x07PM-0001\x04\x02\x10\x00");
         assert_eq!(DeviceIdentity::decode(&bytes).unwrap().device_id, "PM-0001");
     }
@@ -372,31 +344,19 @@ mod tests {
         }
         let mut critical = good.clone();
         critical.extend_from_slice(&[0x10, 0]);
-        assert_eq!(
-            DeviceIdentity::decode(&critical),
-            Err(DecodeError::UnknownCriticalField(0x10))
-        );
+        assert_eq!(DeviceIdentity::decode(&critical), Err(DecodeError::UnknownCriticalField(0x10)));
         let mut dup = good.clone();
         dup.extend_from_slice(&[0x03, 1, b'x']);
-        assert_eq!(
-            DeviceIdentity::decode(&dup),
-            Err(DecodeError::DuplicateField(0x03))
-        );
+        assert_eq!(DeviceIdentity::decode(&dup), Err(DecodeError::DuplicateField(0x03)));
         assert_eq!(
             DeviceIdentity::decode(b"\x01\x01\x01\x02\xff\xfe\x04\x02\x10\x00"),
             Err(DecodeError::InvalidField(0x01))
         );
         assert_eq!(
             DeviceIdentity::decode(b"\x02\x01"),
-            Err(DecodeError::UnsupportedPayload {
-                version: 2,
-                kind: 1
-            })
+            Err(DecodeError::UnsupportedPayload { version: 2, kind: 1 })
         );
-        assert_eq!(
-            DeviceIdentity::decode(b"\x01\x01\x04\x02\x10\x00"),
-            Err(DecodeError::MissingField(1))
-        );
+        assert_eq!(DeviceIdentity::decode(b"\x01\x01\x04\x02\x10\x00"), Err(DecodeError::MissingField(1)));
         assert!(DeviceIdentity::new("").encode().is_err());
         assert!(DeviceIdentity::new("x".repeat(65)).encode().is_err());
     }
@@ -405,14 +365,8 @@ mod tests {
     fn pairing_fields_round_trip_and_are_refused_outside_pairing() {
         let nonce = [7u8; 32];
         let bytes = identity().encode_with_pairing_nonce(Some(&nonce)).unwrap();
-        assert_eq!(
-            DeviceIdentity::decode_with_pairing_nonce(&bytes),
-            Ok((identity(), Some(nonce)))
-        );
-        assert_eq!(
-            DeviceIdentity::decode(&bytes),
-            Err(DecodeError::UnknownCriticalField(0x05))
-        );
+        assert_eq!(DeviceIdentity::decode_with_pairing_nonce(&bytes), Ok((identity(), Some(nonce))));
+        assert_eq!(DeviceIdentity::decode(&bytes), Err(DecodeError::UnknownCriticalField(0x05)));
         let c = encode_pairing_commitment(&nonce);
         assert_eq!(&c[..4], &[1, 3, 1, 32]);
         assert_eq!(decode_pairing_commitment(&c), Ok(nonce));
@@ -422,29 +376,18 @@ mod tests {
 
     #[test]
     fn params_round_trip_and_range_checks() {
-        let p = SessionParams {
-            max_frame_len: 1024,
-            rekey_interval: 1000,
-        };
+        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000 };
         let bytes = p.encode().unwrap();
         assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8");
         assert_eq!(SessionParams::decode(&bytes), Ok(p));
-        assert!(SessionParams {
-            max_frame_len: 10,
-            ..p
-        }
-        .encode()
-        .is_err());
+        assert!(SessionParams { max_frame_len: 10, ..p }.encode().is_err());
         assert_eq!(
             SessionParams::decode(b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x00\x01"),
             Err(DecodeError::InvalidField(2))
         );
         assert_eq!(
             SessionParams::decode(&identity().encode().unwrap()),
-            Err(DecodeError::UnsupportedPayload {
-                version: 1,
-                kind: 1
-            })
+            Err(DecodeError::UnsupportedPayload { version: 1, kind: 1 })
         );
     }
 }

@@ -83,9 +83,7 @@ impl Profile {
 
     /// Parses a pattern name such as `"XX"` or `"xxpsk3"` (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        Profile::ALL
-            .into_iter()
-            .find(|p| p.pattern().eq_ignore_ascii_case(name))
+        Profile::ALL.into_iter().find(|p| p.pattern().eq_ignore_ascii_case(name))
     }
 }
 

@@ -17,12 +17,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::cipher::TransportCipher;
 use crate::error::{DecodeError, Error, ProtocolError};
-use crate::events::{
-    Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timestamp,
-};
-use crate::frame::{
-    CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN,
-};
+use crate::events::{Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timestamp};
+use crate::frame::{CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN};
 use crate::handshake::Role;
 use crate::keys::PublicKey;
 use crate::noise::Finished;
@@ -241,19 +237,15 @@ impl Session {
     /// Seals a DATA frame on `channel` and appends it, length prefix included, to `out`. The
     /// payload is copied once into `out` and encrypted there. If the rekey interval is due, a
     /// REKEY frame is appended first.
-    pub fn seal_data(
-        &mut self,
-        channel: u8,
-        payload: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<(), Error> {
+    pub fn seal_data(&mut self, channel: u8, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
         self.check_can_send()?;
+        if self.is_pairing() {
+            return Err(Error::PairingSession);
+        }
         let max = self.max_payload_len();
         if payload.len() > max {
-            return Err(Error::PayloadTooLarge {
-                len: payload.len(),
-                max,
-            });
+            self.events.push(EventKind::LimitExceeded { limit: Limit::PayloadTooLarge });
+            return Err(Error::PayloadTooLarge { len: payload.len(), max });
         }
         self.seal_frame(FrameHeader::new(FrameKind::DATA, channel), payload, out)
     }
@@ -279,14 +271,13 @@ impl Session {
             State::LocalClosed | State::Closed(_) => return Err(Error::Closed),
         }
         self.pending_close = None;
-        self.seal_frame(
-            FrameHeader::new(FrameKind::CLOSE, 0),
-            &code.0.to_be_bytes(),
-            out,
-        )?;
+        self.seal_frame(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), out)?;
         self.state = match self.state {
             State::RemoteClosed(c) => State::Closed(c),
-            _ => State::LocalClosed,
+            _ => {
+                self.events.push(EventKind::SessionClosed { code, by_peer: false });
+                State::LocalClosed
+            }
         };
         Ok(())
     }
@@ -297,13 +288,8 @@ impl Session {
     pub fn poll_transmit(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
         if let Some(opaque) = self.pending_pong.take() {
-            if matches!(
-                self.state,
-                State::Open | State::RemoteClosed(_) | State::LocalClosed
-            ) {
-                wrote |= self
-                    .seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out)
-                    .is_ok();
+            if matches!(self.state, State::Open | State::RemoteClosed(_) | State::LocalClosed) {
+                wrote |= self.seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out).is_ok();
             }
         }
         if let Some(code) = self.pending_close.take() {
@@ -312,11 +298,7 @@ impl Session {
                 State::Failed(_) => {
                     // Best effort: the session is dead, but the peer deserves to know why.
                     wrote |= self
-                        .seal_frame(
-                            FrameHeader::new(FrameKind::CLOSE, 0),
-                            &code.0.to_be_bytes(),
-                            out,
-                        )
+                        .seal_frame(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), out)
                         .is_ok();
                 }
                 _ => {}
@@ -338,19 +320,13 @@ impl Session {
             State::Open | State::LocalClosed => {}
         }
         if frame.len() > self.max_frame_len() {
-            self.events.push(EventKind::LimitExceeded {
-                limit: Limit::FrameTooLarge,
-            });
+            self.events.push(EventKind::LimitExceeded { limit: Limit::FrameTooLarge });
             return Err(self.fail(ProtocolError::FrameTooLarge.into()));
         }
         if frame.len() < FRAME_OVERHEAD {
-            return Err(self.fail(
-                DecodeError::FrameTooShort {
-                    len: frame.len(),
-                    min: FRAME_OVERHEAD,
-                }
-                .into(),
-            ));
+            return Err(
+                self.fail(DecodeError::FrameTooShort { len: frame.len(), min: FRAME_OVERHEAD }.into())
+            );
         }
         let plain_len = match self.rx.open_in_place(&[], &mut frame[..]) {
             Ok(n) => n,
@@ -369,39 +345,31 @@ impl Session {
             return Err(self.fail(ProtocolError::RekeyOverdue.into()));
         }
         match header.kind {
-            FrameKind::DATA => Ok(Incoming::Data {
-                channel: header.channel,
-                payload: frame.freeze(),
-            }),
+            FrameKind::DATA if self.is_pairing() => {
+                Err(self.fail(ProtocolError::DataInPairingSession.into()))
+            }
+            FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: frame.freeze() }),
             FrameKind::PING => {
                 let opaque = self.control_payload::<PING_LEN>(FrameKind::PING, &frame)?;
                 self.pending_pong = Some(opaque);
                 Ok(Incoming::Ping)
             }
-            FrameKind::PONG => Ok(Incoming::Pong(
-                self.control_payload::<PING_LEN>(FrameKind::PONG, &frame)?,
-            )),
+            FrameKind::PONG => Ok(Incoming::Pong(self.control_payload::<PING_LEN>(FrameKind::PONG, &frame)?)),
             FrameKind::REKEY => {
                 self.control_payload::<0>(FrameKind::REKEY, &frame)?;
                 self.rx.rekey();
                 self.rx_under_key = 0;
                 self.stats.rekeys_received += 1;
-                self.events.push(EventKind::Rekeyed {
-                    direction: Direction::Inbound,
-                });
+                self.events.push(EventKind::Rekeyed { direction: Direction::Inbound });
                 Ok(Incoming::Rekeyed)
             }
             FrameKind::CLOSE => {
-                let code = CloseCode(u16::from_be_bytes(
-                    self.control_payload::<2>(FrameKind::CLOSE, &frame)?,
-                ));
+                let code =
+                    CloseCode(u16::from_be_bytes(self.control_payload::<2>(FrameKind::CLOSE, &frame)?));
                 self.state = match self.state {
                     State::LocalClosed => State::Closed(code),
                     _ => {
-                        self.events.push(EventKind::SessionClosed {
-                            code,
-                            by_peer: true,
-                        });
+                        self.events.push(EventKind::SessionClosed { code, by_peer: true });
                         self.pending_close = Some(CloseCode::NORMAL);
                         State::RemoteClosed(code)
                     }
@@ -447,15 +415,7 @@ impl Session {
         payload: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), Error> {
-        self.seal_one(
-            FrameHeader {
-                kind: FrameKind(kind),
-                flags,
-                channel,
-            },
-            payload,
-            out,
-        )
+        self.seal_one(FrameHeader { kind: FrameKind(kind), flags, channel }, payload, out)
     }
 
     #[doc(hidden)]
@@ -463,11 +423,7 @@ impl Session {
         self.tx.set_nonce_for_testing_only(nonce);
     }
 
-    fn control_payload<const N: usize>(
-        &mut self,
-        kind: FrameKind,
-        payload: &[u8],
-    ) -> Result<[u8; N], Error> {
+    fn control_payload<const N: usize>(&mut self, kind: FrameKind, payload: &[u8]) -> Result<[u8; N], Error> {
         match payload.try_into() {
             Ok(arr) => Ok(arr),
             Err(_) => Err(self.fail(ProtocolError::BadControlPayload(kind.0).into())),
@@ -494,12 +450,12 @@ impl Session {
         match e {
             Error::AuthenticationFailed => self.events.push(EventKind::AuthenticationFailure),
             Error::Protocol(error) => self.events.push(EventKind::ProtocolViolation { error }),
-            Error::Decode(_) => self.events.push(EventKind::ProtocolViolation {
-                error: ProtocolError::Malformed,
-            }),
-            Error::NonceExhausted => self.events.push(EventKind::LimitExceeded {
-                limit: Limit::NonceExhausted,
-            }),
+            Error::Decode(_) => {
+                self.events.push(EventKind::ProtocolViolation { error: ProtocolError::Malformed })
+            }
+            Error::NonceExhausted => {
+                self.events.push(EventKind::LimitExceeded { limit: Limit::NonceExhausted })
+            }
             _ => {}
         }
         e
@@ -510,19 +466,12 @@ impl Session {
         self.tx.rekey();
         self.tx_under_key = 0;
         self.stats.rekeys_sent += 1;
-        self.events.push(EventKind::Rekeyed {
-            direction: Direction::Outbound,
-        });
+        self.events.push(EventKind::Rekeyed { direction: Direction::Outbound });
         Ok(())
     }
 
     /// Seals one frame, rekeying first when the interval requires it (spec §6.3).
-    fn seal_frame(
-        &mut self,
-        header: FrameHeader,
-        payload: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<(), Error> {
+    fn seal_frame(&mut self, header: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
         if self.tx_under_key + 1 >= self.setup.rekey_interval {
             self.seal_rekey(out)?;
         }
@@ -530,12 +479,7 @@ impl Session {
     }
 
     /// Writes `len || seal(header || payload)` to `out`, encrypting in place.
-    fn seal_one(
-        &mut self,
-        header: FrameHeader,
-        payload: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<(), Error> {
+    fn seal_one(&mut self, header: FrameHeader, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
         let body_len = HEADER_LEN + payload.len() + TAG_LEN;
         let len = u16::try_from(body_len).map_err(|_| Error::PayloadTooLarge {
             len: payload.len(),
@@ -546,9 +490,7 @@ impl Session {
         out.put_u16(len);
         out.put_slice(&header.encode());
         out.put_slice(payload);
-        let sealed = self
-            .tx
-            .seal_in_place(&[], &mut out[start + LENGTH_PREFIX_LEN..]);
+        let sealed = self.tx.seal_in_place(&[], &mut out[start + LENGTH_PREFIX_LEN..]);
         match sealed {
             Ok(tag) => {
                 out.put_slice(&tag);

@@ -26,9 +26,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// A decoder that accepts bodies of up to `max_frame_len` bytes (at most 65535).
     pub fn new(max_frame_len: usize) -> Self {
-        StreamDecoder {
-            max_frame_len: max_frame_len.min(u16::MAX as usize),
-        }
+        StreamDecoder { max_frame_len: max_frame_len.min(u16::MAX as usize) }
     }
 
     /// The largest body accepted.
@@ -57,10 +55,7 @@ impl StreamDecoder {
             return Err(DecodeError::EmptyFrame);
         }
         if len > self.max_frame_len {
-            return Err(DecodeError::FrameTooLarge {
-                len,
-                max: self.max_frame_len,
-            });
+            return Err(DecodeError::FrameTooLarge { len, max: self.max_frame_len });
         }
         if buf.len() < LENGTH_PREFIX_LEN + len {
             buf.reserve(LENGTH_PREFIX_LEN + len - buf.len());
@@ -75,9 +70,7 @@ impl StreamDecoder {
         if buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::IncompleteFrame {
-                buffered: buf.len(),
-            })
+            Err(DecodeError::IncompleteFrame { buffered: buf.len() })
         }
     }
 }
@@ -88,10 +81,8 @@ pub fn write_frame(out: &mut BytesMut, body: &[u8]) -> Result<(), DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::EmptyFrame);
     }
-    let len = u16::try_from(body.len()).map_err(|_| DecodeError::FrameTooLarge {
-        len: body.len(),
-        max: u16::MAX as usize,
-    })?;
+    let len = u16::try_from(body.len())
+        .map_err(|_| DecodeError::FrameTooLarge { len: body.len(), max: u16::MAX as usize })?;
     out.reserve(LENGTH_PREFIX_LEN + body.len());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(body);
@@ -124,14 +115,8 @@ mod tests {
     fn oversized_length_is_rejected_before_reserving() {
         let mut dec = StreamDecoder::new(64);
         let mut buf = BytesMut::from(&[0x00, 0x41][..]);
-        assert_eq!(
-            dec.decode(&mut buf),
-            Err(DecodeError::FrameTooLarge { len: 65, max: 64 })
-        );
-        assert!(
-            buf.capacity() < 64,
-            "nothing reserved for a rejected length"
-        );
+        assert_eq!(dec.decode(&mut buf), Err(DecodeError::FrameTooLarge { len: 65, max: 64 }));
+        assert!(buf.capacity() < 64, "nothing reserved for a rejected length");
         let mut buf = BytesMut::from(&[0x00, 0x00][..]);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::EmptyFrame));
     }
@@ -141,9 +126,6 @@ mod tests {
         let mut dec = StreamDecoder::new(64);
         let mut buf = BytesMut::from(&[0x00, 0x05, 1, 2][..]);
         assert_eq!(dec.decode(&mut buf), Ok(None));
-        assert_eq!(
-            dec.finish(&buf),
-            Err(DecodeError::IncompleteFrame { buffered: 4 })
-        );
+        assert_eq!(dec.finish(&buf), Err(DecodeError::IncompleteFrame { buffered: 4 }));
     }
 }

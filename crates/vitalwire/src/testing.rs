@@ -49,10 +49,7 @@ impl BareNoiseForTestingOnly {
     /// Writes a handshake message.
     pub fn write(&mut self, payload: &[u8]) -> Result<Vec<u8>, Error> {
         let mut out = vec![0u8; 65535];
-        let n = self
-            .state
-            .write_message(payload, &mut out)
-            .map_err(noise::map_err)?;
+        let n = self.state.write_message(payload, &mut out).map_err(noise::map_err)?;
         out.truncate(n);
         Ok(out)
     }
@@ -60,10 +57,7 @@ impl BareNoiseForTestingOnly {
     /// Reads a handshake message.
     pub fn read(&mut self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let mut out = vec![0u8; message.len()];
-        let n = self
-            .state
-            .read_message(message, &mut out)
-            .map_err(noise::map_err)?;
+        let n = self.state.read_message(message, &mut out).map_err(noise::map_err)?;
         out.truncate(n);
         Ok(out)
     }

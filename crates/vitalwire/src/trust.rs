@@ -117,9 +117,7 @@ impl TrustList {
         match self.entries.get(key) {
             Some(e) if e.revoked_at.is_some() => TrustDecision::Revoked,
             Some(e) => match identity {
-                Some(id) if !e.device_id.is_empty() && id.device_id != e.device_id => {
-                    TrustDecision::Unknown
-                }
+                Some(id) if !e.device_id.is_empty() && id.device_id != e.device_id => TrustDecision::Unknown,
                 _ => TrustDecision::Trusted,
             },
             None => TrustDecision::Unknown,
@@ -127,13 +125,7 @@ impl TrustList {
     }
 
     /// Adds (or re-admits) a key. Returns the previous entry, if any.
-    pub fn add(
-        &mut self,
-        key: PublicKey,
-        device_id: &str,
-        label: &str,
-        now: u64,
-    ) -> Option<TrustEntry> {
+    pub fn add(&mut self, key: PublicKey, device_id: &str, label: &str, now: u64) -> Option<TrustEntry> {
         self.entries.insert(
             key,
             TrustEntry {
@@ -172,10 +164,7 @@ impl TrustList {
 
     /// The trusted (not revoked) key with this key id.
     pub fn find_by_key_id(&self, id: &KeyId) -> Option<PublicKey> {
-        self.entries
-            .values()
-            .find(|e| e.revoked_at.is_none() && e.key.key_id() == *id)
-            .map(|e| e.key)
+        self.entries.values().find(|e| e.revoked_at.is_none() && e.key.key_id() == *id).map(|e| e.key)
     }
 
     /// Every entry, in key order.
@@ -229,10 +218,7 @@ impl TrustList {
                 None => Err(TrustListError::BadHeader),
             };
         }
-        let expected = check_line
-            .trim_end_matches('\n')
-            .strip_prefix("check ")
-            .unwrap_or_default();
+        let expected = check_line.trim_end_matches('\n').strip_prefix("check ").unwrap_or_default();
         // Exactly one line, newline-terminated: anything shorter is a truncated write.
         if check_line.matches('\n').count() != 1 || !check_line.ends_with('\n') || !body.ends_with('\n') {
             return Err(TrustListError::ChecksumMismatch);
@@ -243,10 +229,7 @@ impl TrustList {
         let mut list = TrustList::new();
         for (n, line) in body.lines().enumerate().skip(1) {
             let line_no = n + 1;
-            let bad = |reason| TrustListError::Malformed {
-                line: line_no,
-                reason,
-            };
+            let bad = |reason| TrustListError::Malformed { line: line_no, reason };
             let mut words = line.split(' ');
             match words.next() {
                 Some("tofu") => {
@@ -257,10 +240,7 @@ impl TrustList {
                     }
                 }
                 Some("device") => {
-                    let key = words
-                        .next()
-                        .and_then(unhex32)
-                        .ok_or(bad("bad device key"))?;
+                    let key = words.next().and_then(unhex32).ok_or(bad("bad device key"))?;
                     let mut entry = TrustEntry {
                         key: PublicKey::from_bytes(key),
                         device_id: String::new(),
@@ -272,13 +252,9 @@ impl TrustList {
                     for w in words {
                         let (k, v) = w.split_once('=').ok_or(bad("field without ="))?;
                         match k {
-                            "added" => {
-                                entry.added_at = v.parse().map_err(|_| bad("bad added time"))?
-                            }
+                            "added" => entry.added_at = v.parse().map_err(|_| bad("bad added time"))?,
                             "seen" => entry.last_seen = parse_opt(v).ok_or(bad("bad seen time"))?,
-                            "revoked" => {
-                                entry.revoked_at = parse_opt(v).ok_or(bad("bad revoked time"))?
-                            }
+                            "revoked" => entry.revoked_at = parse_opt(v).ok_or(bad("bad revoked time"))?,
                             "id" => entry.device_id = unescape(v).ok_or(bad("bad device id"))?,
                             "label" => entry.label = unescape(v).ok_or(bad("bad label"))?,
                             _ => return Err(bad("unknown field")),
@@ -315,8 +291,7 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn opt(v: Option<u64>) -> String {
-    v.map(|v| alloc::format!("{v}"))
-        .unwrap_or_else(|| "-".into())
+    v.map(|v| alloc::format!("{v}")).unwrap_or_else(|| "-".into())
 }
 
 fn parse_opt(v: &str) -> Option<Option<u64>> {
@@ -369,27 +344,14 @@ mod tests {
         l.add(key(1), "PM-1", "ICU bed 4", 10);
         l.add(key(2), "", "", 10);
         assert_eq!(l.decide(&key(1), None), TrustDecision::Trusted);
-        assert_eq!(
-            l.decide(&key(1), Some(&DeviceIdentity::new("PM-1"))),
-            TrustDecision::Trusted
-        );
-        assert_eq!(
-            l.decide(&key(1), Some(&DeviceIdentity::new("PM-9"))),
-            TrustDecision::Unknown
-        );
-        assert_eq!(
-            l.decide(&key(2), Some(&DeviceIdentity::new("any"))),
-            TrustDecision::Trusted
-        );
+        assert_eq!(l.decide(&key(1), Some(&DeviceIdentity::new("PM-1"))), TrustDecision::Trusted);
+        assert_eq!(l.decide(&key(1), Some(&DeviceIdentity::new("PM-9"))), TrustDecision::Unknown);
+        assert_eq!(l.decide(&key(2), Some(&DeviceIdentity::new("any"))), TrustDecision::Trusted);
         assert_eq!(l.decide(&key(3), None), TrustDecision::Unknown);
         assert!(l.revoke(&key(1), 20));
         assert!(!l.revoke(&key(3), 20));
         assert_eq!(l.decide(&key(1), None), TrustDecision::Revoked);
-        assert_eq!(
-            l.find_by_key_id(&key(1).key_id()),
-            None,
-            "revoked keys are not found for KK"
-        );
+        assert_eq!(l.find_by_key_id(&key(1).key_id()), None, "revoked keys are not found for KK");
         assert_eq!(l.find_by_key_id(&key(2).key_id()), Some(key(2)));
     }
 
@@ -421,16 +383,10 @@ mod tests {
             let mut bytes = text.clone().into_bytes();
             bytes[i] ^= 0x01;
             if let Ok(s) = String::from_utf8(bytes) {
-                assert!(
-                    TrustList::from_text(&s).is_err(),
-                    "change at {i} went unnoticed"
-                );
+                assert!(TrustList::from_text(&s).is_err(), "change at {i} went unnoticed");
             }
         }
-        assert_eq!(
-            TrustList::from_text("hello"),
-            Err(TrustListError::BadHeader)
-        );
+        assert_eq!(TrustList::from_text("hello"), Err(TrustListError::BadHeader));
         assert_eq!(
             TrustList::from_text("vitalwire trust store v9\ncheck 00\n"),
             Err(TrustListError::UnsupportedVersion("v9".into()))

@@ -44,10 +44,7 @@ pub enum TrustStoreError {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A thread-safe trust store, in memory or backed by a file.
@@ -61,10 +58,7 @@ pub struct TrustStore {
 
 impl core::fmt::Debug for TrustStore {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TrustStore")
-            .field("path", &self.path)
-            .field("entries", &self.lock().len())
-            .finish()
+        f.debug_struct("TrustStore").field("path", &self.path).field("entries", &self.lock().len()).finish()
     }
 }
 
@@ -86,10 +80,7 @@ impl TrustStore {
         if path.exists() {
             return Err(TrustStoreError::AlreadyExists(path));
         }
-        let store = TrustStore {
-            path: Some(path),
-            ..Self::in_memory(TrustList::new())
-        };
+        let store = TrustStore { path: Some(path), ..Self::in_memory(TrustList::new()) };
         store.persist(&store.lock())?;
         Ok(store)
     }
@@ -99,18 +90,11 @@ impl TrustStore {
     /// a crash is ignored: the last complete store is what counts.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, TrustStoreError> {
         let path = path.as_ref().to_path_buf();
-        let text = fs::read_to_string(&path).map_err(|source| TrustStoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let list = TrustList::from_text(&text).map_err(|source| TrustStoreError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(TrustStore {
-            path: Some(path),
-            ..Self::in_memory(list)
-        })
+        let text =
+            fs::read_to_string(&path).map_err(|source| TrustStoreError::Io { path: path.clone(), source })?;
+        let list = TrustList::from_text(&text)
+            .map_err(|source| TrustStoreError::Corrupt { path: path.clone(), source })?;
+        Ok(TrustStore { path: Some(path), ..Self::in_memory(list) })
     }
 
     /// Opens the store at `path`, creating an empty one if there is no file.
@@ -146,10 +130,7 @@ impl TrustStore {
 
     /// Applies `change` and persists the result; on a failed write the change is undone, so
     /// memory and file never disagree.
-    fn update<T>(
-        &self,
-        change: impl FnOnce(&mut TrustList, u64) -> T,
-    ) -> Result<T, TrustStoreError> {
+    fn update<T>(&self, change: impl FnOnce(&mut TrustList, u64) -> T) -> Result<T, TrustStoreError> {
         let mut list = self.lock();
         let before = list.clone();
         let result = change(&mut list, (self.clock)());
@@ -206,10 +187,7 @@ impl TrustStore {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let io_err = |source| TrustStoreError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io_err = |source| TrustStoreError::Io { path: path.clone(), source };
         let tmp = temp_path(path);
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -237,10 +215,7 @@ impl TrustStore {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }

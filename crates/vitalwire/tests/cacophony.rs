@@ -9,9 +9,7 @@ use vitalwire::testing::BareNoiseForTestingOnly;
 use vitalwire::*;
 
 fn hex_field(v: &Value, k: &str) -> Option<Vec<u8>> {
-    v.get(k)
-        .and_then(Value::as_str)
-        .map(|s| hex::decode(s).unwrap())
+    v.get(k).and_then(Value::as_str).map(|s| hex::decode(s).unwrap())
 }
 
 fn private(v: &Value, k: &str) -> PrivateKey {
@@ -65,53 +63,27 @@ fn cacophony_vectors_for_all_eight_profile_suite_pairs() {
             let m = &messages[i];
             let payload = hex_field(m, "payload").unwrap();
             let expected = hex_field(m, "ciphertext").unwrap();
-            let (w, r) = if i % 2 == 0 {
-                (&mut init, &mut resp)
-            } else {
-                (&mut resp, &mut init)
-            };
+            let (w, r) = if i % 2 == 0 { (&mut init, &mut resp) } else { (&mut resp, &mut init) };
             let ct = w.write(&payload).unwrap();
-            assert_eq!(
-                hex::encode(&ct),
-                hex::encode(&expected),
-                "{name} handshake message {i}"
-            );
-            assert_eq!(
-                r.read(&ct).unwrap(),
-                payload,
-                "{name} handshake message {i}"
-            );
+            assert_eq!(hex::encode(&ct), hex::encode(&expected), "{name} handshake message {i}");
+            assert_eq!(r.read(&ct).unwrap(), payload, "{name} handshake message {i}");
             i += 1;
         }
         let (mut i_tx, mut i_rx, i_hash) = init.into_transport().unwrap();
         let (mut r_tx, mut r_rx, r_hash) = resp.into_transport().unwrap();
-        assert_eq!(
-            hex::encode(i_hash),
-            v["handshake_hash"].as_str().unwrap(),
-            "{name} handshake hash"
-        );
+        assert_eq!(hex::encode(i_hash), v["handshake_hash"].as_str().unwrap(), "{name} handshake hash");
         assert_eq!(i_hash, r_hash);
         let transport = messages.len() - i;
-        assert!(
-            transport >= 3,
-            "{name}: the vector carries transport messages"
-        );
+        assert!(transport >= 3, "{name}: the vector carries transport messages");
         for (j, m) in messages.iter().enumerate().skip(i) {
             let payload = hex_field(m, "payload").unwrap();
             let expected = hex_field(m, "ciphertext").unwrap();
-            let (tx, rx): (&mut TransportCipher, &mut TransportCipher) = if j % 2 == 0 {
-                (&mut i_tx, &mut r_rx)
-            } else {
-                (&mut r_tx, &mut i_rx)
-            };
+            let (tx, rx): (&mut TransportCipher, &mut TransportCipher) =
+                if j % 2 == 0 { (&mut i_tx, &mut r_rx) } else { (&mut r_tx, &mut i_rx) };
             let mut buf = payload.clone();
             let tag = tx.seal_in_place(&[], &mut buf).unwrap();
             buf.extend_from_slice(&tag);
-            assert_eq!(
-                hex::encode(&buf),
-                hex::encode(&expected),
-                "{name} transport message {j}"
-            );
+            assert_eq!(hex::encode(&buf), hex::encode(&expected), "{name} transport message {j}");
             let n = rx.open_in_place(&[], &mut buf).unwrap();
             assert_eq!(&buf[..n], &payload[..]);
         }
@@ -132,18 +104,11 @@ fn cacophony_vectors_for_all_eight_profile_suite_pairs() {
 #[test]
 fn transport_and_rekey_match_snow_on_both_backends() {
     for (name, suite) in [
-        (
-            "Noise_NN_25519_ChaChaPoly_BLAKE2s",
-            CipherSuite::ChaChaPolyBlake2s,
-        ),
+        ("Noise_NN_25519_ChaChaPoly_BLAKE2s", CipherSuite::ChaChaPolyBlake2s),
         ("Noise_NN_25519_AESGCM_SHA256", CipherSuite::AesGcmSha256),
     ] {
-        let mut a = snow::Builder::new(name.parse().unwrap())
-            .build_initiator()
-            .unwrap();
-        let mut b = snow::Builder::new(name.parse().unwrap())
-            .build_responder()
-            .unwrap();
+        let mut a = snow::Builder::new(name.parse().unwrap()).build_initiator().unwrap();
+        let mut b = snow::Builder::new(name.parse().unwrap()).build_responder().unwrap();
         let mut buf = [0u8; 1024];
         let mut tmp = [0u8; 1024];
         let n = a.write_message(&[], &mut buf).unwrap();
@@ -152,9 +117,8 @@ fn transport_and_rekey_match_snow_on_both_backends() {
         a.read_message(&buf[..n], &mut tmp).unwrap();
         let (k1, _) = a.dangerously_get_raw_split();
         let mut snow_tx = a.into_transport_mode().unwrap();
-        let script: Vec<(bool, Vec<u8>)> = (0..60u32)
-            .map(|m| (m % 7 == 6, m.to_be_bytes().repeat(m as usize % 40)))
-            .collect();
+        let script: Vec<(bool, Vec<u8>)> =
+            (0..60u32).map(|m| (m % 7 == 6, m.to_be_bytes().repeat(m as usize % 40))).collect();
         let mut reference = Vec::new();
         for (rekey, payload) in &script {
             if *rekey {

@@ -23,10 +23,7 @@ fn every_profile_and_suite_establishes_a_mutually_authenticated_session() {
             let got = open_all(&mut host, &mut wire);
             assert_eq!(
                 got,
-                vec![Ok(Incoming::Data {
-                    channel: 3,
-                    payload: bytes::Bytes::from_static(b"SpO2=98")
-                })]
+                vec![Ok(Incoming::Data { channel: 3, payload: bytes::Bytes::from_static(b"SpO2=98") })]
             );
         }
     }
@@ -36,17 +33,12 @@ fn every_profile_and_suite_establishes_a_mutually_authenticated_session() {
 fn message_counts_match_the_profiles() {
     for profile in Profile::ALL {
         let k = keys();
-        let mut i =
-            Handshake::initiator(initiator_config(profile, CipherSuite::default(), &k)).unwrap();
+        let mut i = Handshake::initiator(initiator_config(profile, CipherSuite::default(), &k)).unwrap();
         let mut r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
         let mut wire = BytesMut::new();
         let mut frames = 0;
         while !(i.is_finished() && r.is_finished()) {
-            let (a, b) = if i.wants_write() {
-                (&mut i, &mut r)
-            } else {
-                (&mut r, &mut i)
-            };
+            let (a, b) = if i.wants_write() { (&mut i, &mut r) } else { (&mut r, &mut i) };
             a.write_message(&mut wire).unwrap();
             b.read_message(&one_frame(&mut wire)).unwrap();
             frames += 1;
@@ -68,23 +60,14 @@ fn responder() -> Handshake {
 }
 
 /// The responder refuses; the initiator reads the REJECT and reports it.
-fn expect_reject(
-    mut hello: BytesMut,
-    mut r: Handshake,
-    local: HandshakeError,
-    reason: RejectReason,
-) {
+fn expect_reject(mut hello: BytesMut, mut r: Handshake, local: HandshakeError, reason: RejectReason) {
     let body = one_frame(&mut hello);
     assert_eq!(r.read_message(&body), Err(Error::Handshake(local)));
     assert!(r.wants_write(), "a REJECT is queued");
     let mut out = BytesMut::new();
     r.write_message(&mut out).unwrap();
     assert!(!r.wants_write());
-    assert_eq!(
-        r.write_message(&mut out),
-        Err(Error::Handshake(local)),
-        "the error sticks"
-    );
+    assert_eq!(r.write_message(&mut out), Err(Error::Handshake(local)), "the error sticks");
     let (mut i, _) = hello_of(Profile::Xx, CipherSuite::default());
     assert_eq!(
         i.read_message(&one_frame(&mut out.split_to(out.len()))),
@@ -97,12 +80,7 @@ fn unsupported_choices_get_a_clear_error_on_both_sides() {
     // Unknown version.
     let (_, mut wire) = hello_of(Profile::Xx, CipherSuite::default());
     wire[2 + 3] = 9;
-    expect_reject(
-        wire,
-        responder(),
-        HandshakeError::UnsupportedVersion(9),
-        RejectReason::UnsupportedVersion,
-    );
+    expect_reject(wire, responder(), HandshakeError::UnsupportedVersion(9), RejectReason::UnsupportedVersion);
     // Unknown profile code.
     let (_, mut wire) = hello_of(Profile::Xx, CipherSuite::default());
     wire[2 + 4] = 0x7F;
@@ -115,36 +93,19 @@ fn unsupported_choices_get_a_clear_error_on_both_sides() {
     // Unknown suite code.
     let (_, mut wire) = hello_of(Profile::Xx, CipherSuite::default());
     wire[2 + 5] = 0x7F;
-    expect_reject(
-        wire,
-        responder(),
-        HandshakeError::UnsupportedSuite(0x7F),
-        RejectReason::UnsupportedSuite,
-    );
+    expect_reject(wire, responder(), HandshakeError::UnsupportedSuite(0x7F), RejectReason::UnsupportedSuite);
     // Known but refused by policy.
     let (_, wire) = hello_of(Profile::Xx, CipherSuite::AesGcmSha256);
     let r = Handshake::responder(
-        responder_config(&keys(), SessionParams::default())
-            .suites(&[CipherSuite::ChaChaPolyBlake2s]),
+        responder_config(&keys(), SessionParams::default()).suites(&[CipherSuite::ChaChaPolyBlake2s]),
     )
     .unwrap();
-    expect_reject(
-        wire,
-        r,
-        HandshakeError::SuiteNotAccepted,
-        RejectReason::UnsupportedSuite,
-    );
+    expect_reject(wire, r, HandshakeError::SuiteNotAccepted, RejectReason::UnsupportedSuite);
     let (_, wire) = hello_of(Profile::Xx, CipherSuite::default());
-    let r = Handshake::responder(
-        responder_config(&keys(), SessionParams::default()).profiles(&[Profile::Ik]),
-    )
-    .unwrap();
-    expect_reject(
-        wire,
-        r,
-        HandshakeError::ProfileNotAccepted(Profile::Xx),
-        RejectReason::UnsupportedProfile,
-    );
+    let r =
+        Handshake::responder(responder_config(&keys(), SessionParams::default()).profiles(&[Profile::Ik]))
+            .unwrap();
+    expect_reject(wire, r, HandshakeError::ProfileNotAccepted(Profile::Xx), RejectReason::UnsupportedProfile);
 }
 
 #[test]
@@ -169,10 +130,7 @@ fn downgrade_of_the_cleartext_choices_is_detected() {
         r.read_message(&one_frame(&mut wire)),
         Err(Error::Handshake(HandshakeError::AuthenticationFailed))
     );
-    assert!(
-        !r.wants_write(),
-        "no REJECT oracle for authentication failures"
-    );
+    assert!(!r.wants_write(), "no REJECT oracle for authentication failures");
 }
 
 #[test]
@@ -204,20 +162,13 @@ fn wrong_keys_fail_authentication() {
         InitiatorConfig::new(Profile::Kk, stranger, identity()).host_key(*k.host.public()),
     )
     .unwrap();
-    assert_eq!(
-        run_handshake(i, responder()).err(),
-        Some(Error::Handshake(HandshakeError::UnknownPeer))
-    );
+    assert_eq!(run_handshake(i, responder()).err(), Some(Error::Handshake(HandshakeError::UnknownPeer)));
     // XXpsk3 naming a PSK id the host does not know.
     let i = Handshake::initiator(
-        InitiatorConfig::new(Profile::XxPsk3, k.device.clone(), identity())
-            .psk(b"nope", k.psk.clone()),
+        InitiatorConfig::new(Profile::XxPsk3, k.device.clone(), identity()).psk(b"nope", k.psk.clone()),
     )
     .unwrap();
-    assert_eq!(
-        run_handshake(i, responder()).err(),
-        Some(Error::Handshake(HandshakeError::UnknownPsk))
-    );
+    assert_eq!(run_handshake(i, responder()).err(), Some(Error::Handshake(HandshakeError::UnknownPsk)));
 }
 
 #[test]
@@ -225,8 +176,7 @@ fn pinned_host_key_mismatch_stops_xx_before_the_device_speaks() {
     let k = keys();
     let other = Keypair::from_private(PrivateKey::from_bytes([0x66; 32]));
     let i = Handshake::initiator(
-        InitiatorConfig::new(Profile::Xx, k.device.clone(), identity())
-            .pin_host_keys([*other.public()]),
+        InitiatorConfig::new(Profile::Xx, k.device.clone(), identity()).pin_host_keys([*other.public()]),
     )
     .unwrap();
     assert_eq!(
@@ -238,30 +188,20 @@ fn pinned_host_key_mismatch_stops_xx_before_the_device_speaks() {
             .pin_host_keys([*other.public(), *k.host.public()]),
     )
     .unwrap();
-    assert!(
-        run_handshake(i, responder()).is_ok(),
-        "any key of the pinned set is accepted"
-    );
+    assert!(run_handshake(i, responder()).is_ok(), "any key of the pinned set is accepted");
 }
 
 #[test]
 fn out_of_order_and_duplicate_messages_are_rejected() {
     // A responder that gets a HANDSHAKE frame before any HELLO.
     let mut r = responder();
-    assert_eq!(
-        r.read_message(&[0x02, 1, 2, 3]),
-        Err(Error::Handshake(HandshakeError::UnexpectedMessage))
-    );
+    assert_eq!(r.read_message(&[0x02, 1, 2, 3]), Err(Error::Handshake(HandshakeError::UnexpectedMessage)));
     // An initiator that reads before it has written.
     let (i, _) = hello_of(Profile::Xx, CipherSuite::default());
     drop(i);
     let k = keys();
-    let mut i =
-        Handshake::initiator(initiator_config(Profile::Xx, CipherSuite::default(), &k)).unwrap();
-    assert_eq!(
-        i.read_message(&[0x02]),
-        Err(Error::Handshake(HandshakeError::UnexpectedMessage))
-    );
+    let mut i = Handshake::initiator(initiator_config(Profile::Xx, CipherSuite::default(), &k)).unwrap();
+    assert_eq!(i.read_message(&[0x02]), Err(Error::Handshake(HandshakeError::UnexpectedMessage)));
     assert_eq!(
         i.write_message(&mut BytesMut::new()),
         Err(Error::Handshake(HandshakeError::UnexpectedMessage))
@@ -271,10 +211,7 @@ fn out_of_order_and_duplicate_messages_are_rejected() {
     let hello = one_frame(&mut wire);
     let mut r = responder();
     r.read_message(&hello).unwrap();
-    assert_eq!(
-        r.read_message(&hello),
-        Err(Error::Handshake(HandshakeError::UnexpectedMessage))
-    );
+    assert_eq!(r.read_message(&hello), Err(Error::Handshake(HandshakeError::UnexpectedMessage)));
     // A second HELLO where message 3 belongs.
     let (mut i, mut wire) = hello_of(Profile::Xx, CipherSuite::default());
     let hello = one_frame(&mut wire);
@@ -282,10 +219,7 @@ fn out_of_order_and_duplicate_messages_are_rejected() {
     r.read_message(&hello).unwrap();
     r.write_message(&mut wire).unwrap();
     i.read_message(&one_frame(&mut wire)).unwrap();
-    assert_eq!(
-        r.read_message(&hello),
-        Err(Error::Handshake(HandshakeError::UnexpectedMessage))
-    );
+    assert_eq!(r.read_message(&hello), Err(Error::Handshake(HandshakeError::UnexpectedMessage)));
     // into_session before the end.
     assert!(i.into_session().is_err());
 }
@@ -302,10 +236,7 @@ fn garbage_and_truncated_hellos_are_rejected_without_panic() {
         let mut bad = hello.to_vec();
         bad[bit / 8] ^= 1 << (bit % 8);
         let mut r = responder();
-        assert!(
-            r.read_message(&bad).is_err(),
-            "flip of bit {bit} went unnoticed"
-        );
+        assert!(r.read_message(&bad).is_err(), "flip of bit {bit} went unnoticed");
     }
     let mut r = responder();
     assert_eq!(
@@ -319,34 +250,22 @@ fn garbage_and_truncated_hellos_are_rejected_without_panic() {
 fn invalid_configurations_are_refused_up_front() {
     let k = keys();
     assert!(matches!(
-        Handshake::initiator(InitiatorConfig::new(
-            Profile::Ik,
-            k.device.clone(),
-            identity()
-        )),
+        Handshake::initiator(InitiatorConfig::new(Profile::Ik, k.device.clone(), identity())),
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Handshake::initiator(InitiatorConfig::new(
-            Profile::XxPsk3,
-            k.device.clone(),
-            identity()
-        )),
+        Handshake::initiator(InitiatorConfig::new(Profile::XxPsk3, k.device.clone(), identity())),
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Handshake::initiator(InitiatorConfig::new(
-            Profile::Xx,
-            k.device.clone(),
-            DeviceIdentity::new("")
-        )),
+        Handshake::initiator(InitiatorConfig::new(Profile::Xx, k.device.clone(), DeviceIdentity::new(""))),
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Handshake::responder(ResponderConfig::new(k.host.clone(), trust(&k)).params(SessionParams {
-            max_frame_len: 10,
-            rekey_interval: 100
-        })),
+        Handshake::responder(
+            ResponderConfig::new(k.host.clone(), trust(&k))
+                .params(SessionParams { max_frame_len: 10, rekey_interval: 100 })
+        ),
         Err(Error::Config(_))
     ));
 }

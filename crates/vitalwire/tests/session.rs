@@ -8,10 +8,7 @@ use proptest::prelude::*;
 use vitalwire::*;
 
 fn data(channel: u8, p: &'static [u8]) -> Result<Incoming, Error> {
-    Ok(Incoming::Data {
-        channel,
-        payload: Bytes::from_static(p),
-    })
+    Ok(Incoming::Data { channel, payload: Bytes::from_static(p) })
 }
 
 #[test]
@@ -21,15 +18,8 @@ fn frames_on_several_channels_round_trip_in_both_directions() {
     dev.seal_data(1, b"HR=72", &mut wire).unwrap();
     dev.seal_data(2, &[0u8; 0], &mut wire).unwrap();
     dev.seal_data(255, b"ALARM", &mut wire).unwrap();
-    assert_eq!(
-        wire.len(),
-        3 * (2 + 19) + 10,
-        "2 + 19 bytes of overhead per frame"
-    );
-    assert_eq!(
-        open_all(&mut host, &mut wire),
-        vec![data(1, b"HR=72"), data(2, b""), data(255, b"ALARM")]
-    );
+    assert_eq!(wire.len(), 3 * (2 + 19) + 10, "2 + 19 bytes of overhead per frame");
+    assert_eq!(open_all(&mut host, &mut wire), vec![data(1, b"HR=72"), data(2, b""), data(255, b"ALARM")]);
     host.seal_data(9, b"config", &mut wire).unwrap();
     assert_eq!(open_all(&mut dev, &mut wire), vec![data(9, b"config")]);
     assert_eq!(dev.stats().frames_sent, 3);
@@ -38,10 +28,7 @@ fn frames_on_several_channels_round_trip_in_both_directions() {
 
 #[test]
 fn automatic_rekey_keeps_both_sides_in_step() {
-    let params = SessionParams {
-        max_frame_len: 1024,
-        rekey_interval: 4,
-    };
+    let params = SessionParams { max_frame_len: 1024, rekey_interval: 4 };
     let (mut dev, mut host) = session_pair_with(Profile::Xx, CipherSuite::AesGcmSha256, params);
     let mut wire = BytesMut::new();
     for i in 0..20u8 {
@@ -80,16 +67,12 @@ fn on_demand_rekey_changes_the_key() {
 
 #[test]
 fn a_peer_that_never_rekeys_is_cut_off() {
-    let params = SessionParams {
-        max_frame_len: 1024,
-        rekey_interval: 4,
-    };
+    let params = SessionParams { max_frame_len: 1024, rekey_interval: 4 };
     let (mut dev, mut host) = session_pair_with(Profile::Ik, CipherSuite::default(), params);
     let mut wire = BytesMut::new();
     for _ in 0..4 {
         // Bypasses the automatic rekey, as a broken peer would.
-        dev.seal_raw_for_testing_only(1, 0, 1, b"x", &mut wire)
-            .unwrap();
+        dev.seal_raw_for_testing_only(1, 0, 1, b"x", &mut wire).unwrap();
     }
     let got = open_all(&mut host, &mut wire);
     assert_eq!(got[3], Err(Error::Protocol(ProtocolError::RekeyOverdue)));
@@ -103,10 +86,7 @@ fn ping_is_answered_with_pong() {
     assert_eq!(open_all(&mut host, &mut wire), vec![Ok(Incoming::Ping)]);
     assert!(host.poll_transmit(&mut wire));
     assert!(!host.poll_transmit(&mut wire), "one PONG per PING");
-    assert_eq!(
-        open_all(&mut dev, &mut wire),
-        vec![Ok(Incoming::Pong(*b"12345678"))]
-    );
+    assert_eq!(open_all(&mut dev, &mut wire), vec![Ok(Incoming::Pong(*b"12345678"))]);
 }
 
 #[test]
@@ -120,15 +100,9 @@ fn close_handshake_then_clean_end_of_stream() {
         open_all(&mut host, &mut wire),
         vec![data(1, b"last"), Ok(Incoming::Closed(CloseCode::NORMAL))]
     );
-    assert_eq!(
-        host.seal_data(1, b"x", &mut wire),
-        Err(Error::ClosedByPeer(CloseCode::NORMAL))
-    );
+    assert_eq!(host.seal_data(1, b"x", &mut wire), Err(Error::ClosedByPeer(CloseCode::NORMAL)));
     assert!(host.poll_transmit(&mut wire), "the host answers the CLOSE");
-    assert_eq!(
-        open_all(&mut dev, &mut wire),
-        vec![Ok(Incoming::Closed(CloseCode::NORMAL))]
-    );
+    assert_eq!(open_all(&mut dev, &mut wire), vec![Ok(Incoming::Closed(CloseCode::NORMAL))]);
     assert!(dev.is_closed() && host.is_closed());
     assert_eq!(dev.handle_eof(), Ok(()));
     assert_eq!(host.handle_eof(), Ok(()));
@@ -141,21 +115,14 @@ fn a_stream_that_ends_without_close_is_truncated() {
     dev.seal_data(1, b"partial", &mut wire).unwrap();
     assert_eq!(open_all(&mut host, &mut wire), vec![data(1, b"partial")]);
     assert_eq!(host.handle_eof(), Err(Error::Truncated));
-    assert_eq!(
-        host.open(BytesMut::from(&[0u8; 30][..])),
-        Err(Error::Truncated),
-        "sticks"
-    );
+    assert_eq!(host.open(BytesMut::from(&[0u8; 30][..])), Err(Error::Truncated), "sticks");
     // A stream cut inside a frame is reported by the decoder.
     let mut wire = BytesMut::new();
     dev.seal_data(1, b"cut", &mut wire).unwrap();
     wire.truncate(wire.len() - 1);
     let mut dec = StreamDecoder::new(1024);
     assert_eq!(dec.decode(&mut wire), Ok(None));
-    assert!(matches!(
-        dec.finish(&wire),
-        Err(DecodeError::IncompleteFrame { .. })
-    ));
+    assert!(matches!(dec.finish(&wire), Err(DecodeError::IncompleteFrame { .. })));
 }
 
 #[test]
@@ -166,27 +133,12 @@ fn tampering_fails_closed_sticks_and_tells_the_peer() {
     dev.seal_data(1, b"HR=73", &mut wire).unwrap();
     wire[5] ^= 0x01;
     let got = open_all(&mut host, &mut wire);
-    assert_eq!(
-        got,
-        vec![
-            Err(Error::AuthenticationFailed),
-            Err(Error::AuthenticationFailed)
-        ]
-    );
+    assert_eq!(got, vec![Err(Error::AuthenticationFailed), Err(Error::AuthenticationFailed)]);
     assert_eq!(host.error(), Some(Error::AuthenticationFailed));
-    assert_eq!(
-        host.seal_data(1, b"x", &mut BytesMut::new()),
-        Err(Error::AuthenticationFailed)
-    );
+    assert_eq!(host.seal_data(1, b"x", &mut BytesMut::new()), Err(Error::AuthenticationFailed));
     let mut back = BytesMut::new();
-    assert!(
-        host.poll_transmit(&mut back),
-        "a CLOSE with the reason is queued"
-    );
-    assert_eq!(
-        open_all(&mut dev, &mut back),
-        vec![Ok(Incoming::Closed(CloseCode::AUTHENTICATION_FAILED))]
-    );
+    assert!(host.poll_transmit(&mut back), "a CLOSE with the reason is queued");
+    assert_eq!(open_all(&mut dev, &mut back), vec![Ok(Incoming::Closed(CloseCode::AUTHENTICATION_FAILED))]);
 }
 
 #[test]
@@ -198,10 +150,7 @@ fn replayed_and_reordered_frames_are_rejected() {
     dev.seal_data(1, b"two", &mut f2).unwrap();
     let mut replay = f1.clone();
     replay.extend_from_slice(&f1);
-    assert_eq!(
-        open_all(&mut host, &mut replay),
-        vec![data(1, b"one"), Err(Error::AuthenticationFailed)]
-    );
+    assert_eq!(open_all(&mut host, &mut replay), vec![data(1, b"one"), Err(Error::AuthenticationFailed)]);
 
     let (mut dev, mut host) = session_pair();
     let mut f1 = BytesMut::new();
@@ -209,10 +158,7 @@ fn replayed_and_reordered_frames_are_rejected() {
     let mut f2 = BytesMut::new();
     dev.seal_data(1, b"two", &mut f2).unwrap();
     f2.extend_from_slice(&f1);
-    assert_eq!(
-        open_all(&mut host, &mut f2)[0],
-        Err(Error::AuthenticationFailed)
-    );
+    assert_eq!(open_all(&mut host, &mut f2)[0], Err(Error::AuthenticationFailed));
 }
 
 #[test]
@@ -220,73 +166,46 @@ fn authentic_frames_that_break_the_rules() {
     // Unknown kind: discarded, session goes on.
     let (mut dev, mut host) = session_pair();
     let mut wire = BytesMut::new();
-    dev.seal_raw_for_testing_only(0x42, 0, 0, b"future", &mut wire)
-        .unwrap();
+    dev.seal_raw_for_testing_only(0x42, 0, 0, b"future", &mut wire).unwrap();
     dev.seal_data(1, b"ok", &mut wire).unwrap();
-    assert_eq!(
-        open_all(&mut host, &mut wire),
-        vec![Err(Error::UnknownFrameKind(0x42)), data(1, b"ok")]
-    );
+    assert_eq!(open_all(&mut host, &mut wire), vec![Err(Error::UnknownFrameKind(0x42)), data(1, b"ok")]);
     // Reserved flags, channel on a control frame, malformed control payloads: fatal.
     for (kind, flags, channel, payload, err) in [
         (1u8, 0x01u8, 0u8, &b""[..], ProtocolError::ReservedFlags(1)),
-        (
-            2,
-            0,
-            7,
-            &b"12345678"[..],
-            ProtocolError::ChannelOnControlFrame,
-        ),
+        (2, 0, 7, &b"12345678"[..], ProtocolError::ChannelOnControlFrame),
         (2, 0, 0, &b"short"[..], ProtocolError::BadControlPayload(2)),
         (4, 0, 0, &b"x"[..], ProtocolError::BadControlPayload(4)),
         (5, 0, 0, &b""[..], ProtocolError::BadControlPayload(5)),
     ] {
         let (mut dev, mut host) = session_pair();
         let mut wire = BytesMut::new();
-        dev.seal_raw_for_testing_only(kind, flags, channel, payload, &mut wire)
-            .unwrap();
-        assert_eq!(
-            open_all(&mut host, &mut wire),
-            vec![Err(Error::Protocol(err))]
-        );
+        dev.seal_raw_for_testing_only(kind, flags, channel, payload, &mut wire).unwrap();
+        assert_eq!(open_all(&mut host, &mut wire), vec![Err(Error::Protocol(err))]);
         assert_eq!(host.error(), Some(Error::Protocol(err)));
     }
     // A frame after the peer's CLOSE.
     let (mut dev, mut host) = session_pair();
     let mut wire = BytesMut::new();
     dev.close(CloseCode::GOING_AWAY, &mut wire).unwrap();
-    dev.seal_raw_for_testing_only(1, 0, 1, b"late", &mut wire)
-        .unwrap();
+    dev.seal_raw_for_testing_only(1, 0, 1, b"late", &mut wire).unwrap();
     let got = open_all(&mut host, &mut wire);
     assert_eq!(got[1], Err(Error::Protocol(ProtocolError::FrameAfterClose)));
 }
 
 #[test]
 fn oversized_frames_and_payloads() {
-    let params = SessionParams {
-        max_frame_len: 256,
-        rekey_interval: 1000,
-    };
+    let params = SessionParams { max_frame_len: 256, rekey_interval: 1000 };
     let (mut dev, mut host) = session_pair_with(Profile::Ik, CipherSuite::default(), params);
     // The host accepts frames up to 256 bytes; the device may not send more.
     let mut wire = BytesMut::new();
-    assert_eq!(
-        dev.seal_data(1, &[0; 238], &mut wire),
-        Err(Error::PayloadTooLarge { len: 238, max: 237 })
-    );
-    assert!(
-        wire.is_empty() && dev.can_send(),
-        "non-fatal, nothing written"
-    );
+    assert_eq!(dev.seal_data(1, &[0; 238], &mut wire), Err(Error::PayloadTooLarge { len: 238, max: 237 }));
+    assert!(wire.is_empty() && dev.can_send(), "non-fatal, nothing written");
     dev.seal_data(1, &[0; 237], &mut wire).unwrap();
     assert_eq!(open_all(&mut host, &mut wire).len(), 1);
     // A length prefix above the maximum is refused by the decoder before buffering.
     let mut dec = StreamDecoder::new(host.max_frame_len());
     let mut evil = BytesMut::from(&[0x01, 0x01][..]);
-    assert_eq!(
-        dec.decode(&mut evil),
-        Err(DecodeError::FrameTooLarge { len: 257, max: 256 })
-    );
+    assert_eq!(dec.decode(&mut evil), Err(DecodeError::FrameTooLarge { len: 257, max: 256 }));
     // A frame too short to hold a header and tag.
     assert!(matches!(
         host.open(BytesMut::from(&[0u8; 18][..])),
@@ -302,15 +221,9 @@ fn nonce_exhaustion_is_an_error_never_a_reuse() {
     let mut wire = BytesMut::new();
     dev.seal_data(1, b"last one", &mut wire).unwrap();
     let before = wire.len();
-    assert_eq!(
-        dev.seal_data(1, b"one too many", &mut wire),
-        Err(Error::NonceExhausted)
-    );
+    assert_eq!(dev.seal_data(1, b"one too many", &mut wire), Err(Error::NonceExhausted));
     assert_eq!(wire.len(), before, "nothing half-written");
-    assert_eq!(
-        dev.seal_data(1, b"again", &mut wire),
-        Err(Error::NonceExhausted)
-    );
+    assert_eq!(dev.seal_data(1, b"again", &mut wire), Err(Error::NonceExhausted));
     assert!(!dev.poll_transmit(&mut wire), "no nonce left for a CLOSE");
 }
 

@@ -16,9 +16,8 @@ fn checked_in_vectors_match_the_code() {
     assert_eq!(files.len(), 8);
     for (name, text) in files {
         let path = format!("{DIR}/{name}");
-        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!("{path} missing: run `cargo run -p vitalwire --example gen_vectors`")
-        });
+        let on_disk = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{path} missing: run `cargo run -p vitalwire --example gen_vectors`"));
         assert!(
             on_disk == text,
             "{path} differs from what the code produces: the wire format changed. Update \
@@ -44,25 +43,16 @@ fn vectors_replay_from_the_files_alone() {
         let r = &v["responder"];
         let i = &v["initiator"];
         let mut trust = TrustList::new();
-        trust.add(
-            PublicKey::from_slice(&hexv(&i["static_public"])).unwrap(),
-            "",
-            "",
-            0,
-        );
+        trust.add(PublicKey::from_slice(&hexv(&i["static_public"])).unwrap(), "", "", 0);
         let mut psks = StaticPskDirectory::new();
         if !i["psk_id"].as_str().unwrap().is_empty() {
-            psks.add(
-                &hexv(&i["psk_id"]),
-                Psk::from_slice(&hexv(&i["psk"])).unwrap(),
-            );
+            psks.add(&hexv(&i["psk_id"]), Psk::from_slice(&hexv(&i["psk"])).unwrap());
         }
         let params = SessionParams {
             max_frame_len: r["params"]["max_frame_len"].as_u64().unwrap() as u16,
             rekey_interval: r["params"]["rekey_interval"].as_u64().unwrap() as u32,
         };
-        let host_keys =
-            Keypair::from_private(PrivateKey::from_slice(&hexv(&r["static_private"])).unwrap());
+        let host_keys = Keypair::from_private(PrivateKey::from_slice(&hexv(&r["static_private"])).unwrap());
         let mut host = Some(
             Handshake::responder(
                 ResponderConfig::new(host_keys, std::sync::Arc::new(TrustStore::in_memory(trust)))
@@ -93,19 +83,13 @@ fn vectors_replay_from_the_files_alone() {
             }
             if let Some(h) = host.take() {
                 let s = h.into_session().unwrap();
-                assert_eq!(
-                    hex::encode(s.handshake_hash()),
-                    v["handshake_hash"].as_str().unwrap()
-                );
+                assert_eq!(hex::encode(s.handshake_hash()), v["handshake_hash"].as_str().unwrap());
                 session = Some(s);
             }
             let s = session.as_mut().unwrap();
             if from_initiator {
                 let mut buf = BytesMut::from(&wire[..]);
-                let body = StreamDecoder::new(s.max_frame_len())
-                    .decode(&mut buf)
-                    .unwrap()
-                    .unwrap();
+                let body = StreamDecoder::new(s.max_frame_len()).decode(&mut buf).unwrap().unwrap();
                 let got = s.open(body).unwrap();
                 let expected_payload = hexv(&f["payload"]);
                 match (f["kind"].as_str().unwrap(), got) {
@@ -125,11 +109,7 @@ fn vectors_replay_from_the_files_alone() {
                 if out.is_empty() {
                     match f["kind"].as_str().unwrap() {
                         "DATA" => s
-                            .seal_data(
-                                f["channel"].as_u64().unwrap() as u8,
-                                &hexv(&f["payload"]),
-                                &mut out,
-                            )
+                            .seal_data(f["channel"].as_u64().unwrap() as u8, &hexv(&f["payload"]), &mut out)
                             .unwrap(),
                         "PONG" | "CLOSE" => assert!(s.poll_transmit(&mut out)),
                         k => panic!("unexpected responder frame {k}"),

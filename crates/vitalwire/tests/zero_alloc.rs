@@ -59,10 +59,7 @@ fn exchange(
 fn seal_and_open_allocate_nothing_after_warm_up() {
     for suite in CipherSuite::ALL {
         // A short rekey interval so automatic rekeys happen inside the measured loop too.
-        let params = SessionParams {
-            max_frame_len: 16 * 1024 + 64,
-            rekey_interval: 16,
-        };
+        let params = SessionParams { max_frame_len: 16 * 1024 + 64, rekey_interval: 16 };
         let (mut dev, mut host) = session_pair_with(Profile::Ik, suite, params);
         let mut dec = StreamDecoder::new(host.max_frame_len());
         let mut send_buf = BytesMut::with_capacity(32 * 1024);
@@ -71,14 +68,7 @@ fn seal_and_open_allocate_nothing_after_warm_up() {
         let payload = vec![0xA5u8; 16 * 1024];
         for _ in 0..4 {
             for &n in &sizes {
-                exchange(
-                    &mut dev,
-                    &mut host,
-                    &mut dec,
-                    &mut send_buf,
-                    &mut recv_buf,
-                    &payload[..n],
-                );
+                exchange(&mut dev, &mut host, &mut dec, &mut send_buf, &mut recv_buf, &payload[..n]);
             }
         }
         let before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -86,27 +76,13 @@ fn seal_and_open_allocate_nothing_after_warm_up() {
         let mut delivered = 0;
         for _ in 0..250 {
             for &n in &sizes {
-                delivered += exchange(
-                    &mut dev,
-                    &mut host,
-                    &mut dec,
-                    &mut send_buf,
-                    &mut recv_buf,
-                    &payload[..n],
-                );
+                delivered +=
+                    exchange(&mut dev, &mut host, &mut dec, &mut send_buf, &mut recv_buf, &payload[..n]);
             }
         }
         let after = ALLOCATIONS.load(Ordering::Relaxed);
         assert_eq!(delivered, 250 * sizes.iter().sum::<usize>());
-        assert!(
-            host.stats().rekeys_received > 50,
-            "rekeys happened during the measurement"
-        );
-        assert_eq!(
-            after - before,
-            0,
-            "{suite}: {} allocations in 1000 seal+open",
-            after - before
-        );
+        assert!(host.stats().rekeys_received > 50, "rekeys happened during the measurement");
+        assert_eq!(after - before, 0, "{suite}: {} allocations in 1000 seal+open", after - before);
     }
 }

@@ -49,10 +49,7 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
         firmware: "1.4.2".into(),
         max_frame_len: 2048,
     };
-    let params = SessionParams {
-        max_frame_len: 4096,
-        rekey_interval: 4,
-    };
+    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4 };
 
     let mut ic = InitiatorConfig::new(profile, init_kp.clone(), identity.clone())
         .suite(suite)
@@ -67,13 +64,10 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
     trust.add(*init_kp.public(), "PM-0001", "vector device", 0);
     let mut dir = StaticPskDirectory::new();
     dir.add(PSK_ID, psk.clone());
-    let rc = ResponderConfig::new(
-        resp_kp.clone(),
-        std::sync::Arc::new(TrustStore::in_memory(trust)),
-    )
-    .params(params)
-    .psk_directory(std::sync::Arc::new(dir))
-    .fixed_ephemeral_for_testing_only(resp_eph.clone());
+    let rc = ResponderConfig::new(resp_kp.clone(), std::sync::Arc::new(TrustStore::in_memory(trust)))
+        .params(params)
+        .psk_directory(std::sync::Arc::new(dir))
+        .fixed_ephemeral_for_testing_only(resp_eph.clone());
 
     let mut init = Handshake::initiator(ic).unwrap();
     let mut resp = Handshake::responder(rc).unwrap();
@@ -83,20 +77,14 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
     let mut prologue = String::new();
     while !(init.is_finished() && resp.is_finished()) {
         let initiator_writes = init.wants_write();
-        let (w, r) = if initiator_writes {
-            (&mut init, &mut resp)
-        } else {
-            (&mut resp, &mut init)
-        };
+        let (w, r) = if initiator_writes { (&mut init, &mut resp) } else { (&mut resp, &mut init) };
         w.write_message(&mut wire).unwrap();
         let bytes = wire.clone();
         let body = Recorder::take(&mut wire);
         r.read_message(&body).unwrap();
         let payload = if !initiator_writes {
             params.encode().unwrap()
-        } else if index + 1 == profile.message_count()
-            || (profile.message_count() == 2 && index == 0)
-        {
+        } else if index + 1 == profile.message_count() || (profile.message_count() == 2 && index == 0) {
             identity.encode().unwrap()
         } else {
             Vec::new()
@@ -151,16 +139,10 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
             Step::Pong | Step::CloseReply => false,
             _ => true,
         };
-        let (s, peer) = if from_initiator {
-            (&mut dev, &mut host)
-        } else {
-            (&mut host, &mut dev)
-        };
+        let (s, peer) = if from_initiator { (&mut dev, &mut host) } else { (&mut host, &mut dev) };
         match &step {
             Step::Data(_, ch, p) => s.seal_data(*ch, p, &mut out).unwrap(),
-            Step::Ping => s
-                .send_ping(*b"\x00\x00\x00\x00\x00\x00\x00\x2a", &mut out)
-                .unwrap(),
+            Step::Ping => s.send_ping(*b"\x00\x00\x00\x00\x00\x00\x00\x2a", &mut out).unwrap(),
             Step::Pong | Step::CloseReply => assert!(s.poll_transmit(&mut out)),
             Step::Rekey => s.rekey(&mut out).unwrap(),
             Step::Close => s.close(CloseCode::NORMAL, &mut out).unwrap(),

@@ -59,10 +59,7 @@ pub fn responder_config(k: &Keys, params: SessionParams) -> ResponderConfig {
 
 /// Splits exactly one frame body out of `wire`.
 pub fn one_frame(wire: &mut BytesMut) -> BytesMut {
-    StreamDecoder::new(65535)
-        .decode(wire)
-        .expect("valid frame")
-        .expect("complete frame")
+    StreamDecoder::new(65535).decode(wire).expect("valid frame").expect("complete frame")
 }
 
 /// Runs a handshake to completion, returning both handshakes ready for `into_session`.
@@ -84,11 +81,7 @@ pub fn run_handshake(mut i: Handshake, mut r: Handshake) -> Result<(Handshake, H
     panic!("handshake did not finish");
 }
 
-pub fn session_pair_with(
-    profile: Profile,
-    suite: CipherSuite,
-    params: SessionParams,
-) -> (Session, Session) {
+pub fn session_pair_with(profile: Profile, suite: CipherSuite, params: SessionParams) -> (Session, Session) {
     let k = keys();
     let i = Handshake::initiator(initiator_config(profile, suite, &k)).unwrap();
     let r = Handshake::responder(responder_config(&k, params)).unwrap();
@@ -97,11 +90,7 @@ pub fn session_pair_with(
 }
 
 pub fn session_pair() -> (Session, Session) {
-    session_pair_with(
-        Profile::Ik,
-        CipherSuite::ChaChaPolyBlake2s,
-        SessionParams::default(),
-    )
+    session_pair_with(Profile::Ik, CipherSuite::ChaChaPolyBlake2s, SessionParams::default())
 }
 
 /// Opens every frame in `wire` on `s`, returning the results.
