@@ -78,14 +78,18 @@ impl<S: Read + Write> Link<S> {
         Ok(())
     }
 
-    /// Runs a handshake to the end and returns the session.
-    pub fn handshake(&mut self, mut hs: Handshake) -> Result<Session, LinkError> {
+    /// Runs a handshake to the end (then call `into_session`). On failure, whatever the
+    /// handshake queued for the peer (a REJECT, an encrypted CLOSE) is sent first.
+    pub fn handshake(&mut self, hs: &mut Handshake) -> Result<(), LinkError> {
         self.decoder.set_max_frame_len(hs.max_frame_len());
         while !hs.is_finished() {
             while hs.wants_write() {
                 let r = hs.write_message(&mut self.send);
                 self.flush()?;
                 r?;
+                if let Some(e) = hs.error() {
+                    return Err(e.into());
+                }
             }
             if hs.is_finished() {
                 break;
@@ -94,7 +98,6 @@ impl<S: Read + Write> Link<S> {
                 return Err(Error::Truncated.into());
             };
             if let Err(e) = hs.read_message(&frame) {
-                // Send the REJECT, if the handshake queued one.
                 if hs.wants_write() {
                     let _ = hs.write_message(&mut self.send);
                     let _ = self.flush();
@@ -102,9 +105,12 @@ impl<S: Read + Write> Link<S> {
                 return Err(e.into());
             }
         }
-        let session = hs.into_session()?;
+        Ok(())
+    }
+
+    /// Sets the frame limit for the session phase.
+    pub fn start_session(&mut self, session: &Session) {
         self.decoder.set_max_frame_len(session.max_frame_len());
-        Ok(session)
     }
 
     /// Reads and opens the next transport frame; answers PINGs and CLOSEs. `None` at a clean

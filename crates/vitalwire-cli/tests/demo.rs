@@ -15,7 +15,11 @@ fn demo_streams_telemetry_from_every_profile() {
             assert!(stdout.contains(&format!("{profile}{suite}")), "{profile}{suite} missing:\n{stdout}");
         }
     }
-    assert_eq!(stdout.matches(" connected: ").count(), 8);
+    assert_eq!(stdout.matches(" connected: ").count(), 8, "the rogue never connects");
+    // The rogue device is rejected and the host logs it as a security event.
+    assert!(stdout.contains(r#""event":"unknown_peer""#), "{stdout}");
+    assert!(stdout.contains(r#""device_id":"ROGUE-1""#), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("ROGUE-1") && l.contains("rejected")), "{stdout}");
     // Every device delivered 30 numerics and 30 waveform blocks and closed cleanly.
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("PM-")).collect();
     assert_eq!(rows.len(), 8);

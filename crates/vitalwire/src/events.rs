@@ -295,3 +295,33 @@ impl EventQueue {
         })
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+    use crate::keys::PublicKey;
+
+    #[test]
+    fn events_serialize_to_one_json_line() {
+        let mut q = EventQueue {
+            peer: Some(PublicKey::from_bytes([1; 32]).fingerprint()),
+            device_id: Some("PM-0001".into()),
+            ..EventQueue::default()
+        };
+        q.push(EventKind::SessionClosed { code: CloseCode::UNAUTHORIZED, by_peer: true });
+        q.push(EventKind::Rekeyed { direction: Direction::Inbound });
+        let line = q.poll(Timestamp(1_700_000_000_000)).unwrap().to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(v["event"], "session_closed");
+        assert_eq!(v["code"], "unauthorized (0x0005)");
+        assert_eq!(v["by_peer"], true);
+        assert_eq!(v["severity"], "warning");
+        assert_eq!(v["time"], 1_700_000_000_000u64);
+        assert_eq!(v["device_id"], "PM-0001");
+        assert_eq!(v["peer"].as_str().unwrap().len(), 19);
+        let v: serde_json::Value =
+            serde_json::from_str(&q.poll(Timestamp(1)).unwrap().to_json_line()).unwrap();
+        assert_eq!((v["event"].as_str(), v["direction"].as_str()), (Some("rekeyed"), Some("inbound")));
+    }
+}

@@ -40,7 +40,7 @@ impl PublicKey {
         &self.0
     }
 
-    /// A short human-readable fingerprint for labels, logs and phone screens (spec §4.8).
+    /// A short human-readable fingerprint for labels, logs and phone screens (spec §12.1).
     pub fn fingerprint(&self) -> Fingerprint {
         let digest = Sha256::digest(self.0);
         let mut f = [0u8; FINGERPRINT_LEN];
