@@ -72,7 +72,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     let (events_tx, events_rx) = mpsc::channel();
     let psks: Arc<dyn PskDirectory> = Arc::new(psks);
     let trust: Arc<dyn TrustPolicy> = Arc::new(TrustStore::in_memory(allowlist));
-    let params = SessionParams { max_frame_len: 4096, rekey_interval: 64 };
+    let params = SessionParams { max_frame_len: 4096, rekey_interval: 64, ..SessionParams::default() };
     let expected = devices.len() + usize::from(opts.rogue);
     let host_public = *host_keys.public();
     let host = thread::spawn({

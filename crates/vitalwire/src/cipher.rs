@@ -205,9 +205,21 @@ impl TransportCipher {
     /// Noise `REKEY()`: `k = first 32 bytes of ENCRYPT(k, 2^64-1, "", zeros)`. The nonce
     /// counter is not reset (Noise §4.2).
     pub fn rekey(&mut self) {
+        let key = self.next_key();
+        self.aead = make_aead(self.suite, self.backend, &key);
+    }
+
+    /// `REKEY(k)` without changing this cipher.
+    fn next_key(&self) -> Zeroizing<[u8; CIPHER_KEY_LEN]> {
         let mut key = Zeroizing::new([0u8; CIPHER_KEY_LEN]);
         let _tag = self.seal_at(MAX_NONCE, &[], &mut key[..]);
-        self.aead = make_aead(self.suite, self.backend, &key);
+        key
+    }
+
+    /// A new cipher with key `REKEY(k)` and nonce 0 (datagram mode derives the keys of later
+    /// epochs this way without giving up the current one).
+    pub(crate) fn next_epoch(&self) -> TransportCipher {
+        TransportCipher::with_backend(self.suite, self.backend, &self.next_key())
     }
 }
 

@@ -228,6 +228,12 @@ pub enum ProtocolError {
     /// A transport frame too short or otherwise malformed.
     #[error("malformed transport frame")]
     Malformed,
+    /// A fragment that does not fit its message (overlap, count change, too large).
+    #[error("malformed or oversized message fragment")]
+    BadFragment,
+    /// Unfragmented DATA in the middle of a fragmented message.
+    #[error("DATA interleaved with the fragments of a message")]
+    InterleavedFragments,
     /// DATA in a pairing session, which carries no application data.
     #[error("DATA frame in a pairing session")]
     DataInPairingSession,
@@ -300,6 +306,15 @@ pub enum Error {
     /// The peer is no longer trusted (revoked during the session).
     #[error("peer no longer trusted")]
     Unauthorized,
+    /// The peer sent nothing for longer than the dead-peer timeout.
+    #[error("peer silent for too long (dead peer)")]
+    DeadPeer,
+    /// The session reached its maximum lifetime; re-establish it.
+    #[error("session reached its maximum lifetime")]
+    SessionExpired,
+    /// A datagram was dropped (datagram mode); the session goes on.
+    #[error("datagram dropped: {0}")]
+    Dropped(DropReason),
     /// A pairing session carries no application data; re-establish a normal session after the
     /// pairing is confirmed.
     #[error("pairing session: no application data until a normal session is established")]
@@ -327,12 +342,45 @@ impl Error {
             Error::Protocol(_) => Some(CloseCode::PROTOCOL_ERROR),
             Error::AuthenticationFailed => Some(CloseCode::AUTHENTICATION_FAILED),
             Error::Unauthorized => Some(CloseCode::UNAUTHORIZED),
+            Error::DeadPeer => Some(CloseCode::IDLE_TIMEOUT),
+            Error::SessionExpired => Some(CloseCode::SESSION_EXPIRED),
             // No nonce is left to seal a CLOSE with.
             Error::NonceExhausted => None,
             // Closing, truncation and handshake failures have nothing more to send.
             _ => None,
         }
     }
+}
+
+/// Why a datagram was dropped in datagram mode (never fatal: a forged or stale datagram must
+/// not let an attacker end the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Failed authentication (forged or corrupted).
+    #[error("failed authentication")]
+    AuthenticationFailed,
+    /// A counter seen before.
+    #[error("replayed (duplicate counter)")]
+    Replay,
+    /// A counter older than the replay window.
+    #[error("older than the replay window")]
+    TooOld,
+    /// Sealed under a key that is gone (past its grace period) or too far ahead.
+    #[error("key epoch not available")]
+    StaleKey,
+    /// Unparseable.
+    #[error("malformed datagram")]
+    Malformed,
+    /// Addressed to another session index.
+    #[error("unknown session index")]
+    UnknownIndex,
+    /// A handshake packet that does not fit the handshake's state (a harmless duplicate).
+    #[error("unexpected handshake packet")]
+    UnexpectedHandshake,
+    /// A limit was hit (half-open handshakes, sessions).
+    #[error("limit reached")]
+    Limit,
 }
 
 /// Shorthand.

@@ -42,6 +42,12 @@ pub enum Limit {
     PayloadTooLarge,
     /// The 2^64-1 nonces of a direction are used up.
     NonceExhausted,
+    /// Too many handshakes in progress at a host.
+    HalfOpenHandshakes,
+    /// Too many sessions at a host.
+    Sessions,
+    /// A message too large to reassemble.
+    MessageTooLarge,
 }
 
 /// How urgent an event is for an operator.
@@ -119,6 +125,31 @@ pub enum EventKind {
         /// Which limit.
         limit: Limit,
     },
+    /// Datagram mode: a datagram with a counter seen before, or older than the window.
+    ReplayRejected {
+        /// Whether it was a duplicate (else: older than the window).
+        duplicate: bool,
+    },
+    /// A timer ended the session or the handshake.
+    TimerExpired {
+        /// Which one.
+        timer: Timer,
+    },
+    /// Datagram mode: a fragment was dropped.
+    FragmentDropped,
+}
+
+/// The timers that end sessions and handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Timer {
+    /// The handshake did not finish in time.
+    Handshake,
+    /// The peer was silent too long.
+    DeadPeer,
+    /// The session reached its maximum lifetime.
+    Lifetime,
 }
 
 impl EventKind {
@@ -134,7 +165,10 @@ impl EventKind {
             EventKind::SessionClosed { .. } | EventKind::UnknownFrameKind { .. } | EventKind::Truncated => {
                 Severity::Warning
             }
-            EventKind::LimitExceeded { .. } => Severity::Warning,
+            EventKind::LimitExceeded { .. } | EventKind::FragmentDropped => Severity::Warning,
+            EventKind::TimerExpired { timer: Timer::Lifetime } => Severity::Info,
+            EventKind::TimerExpired { .. } => Severity::Warning,
+            EventKind::ReplayRejected { .. } => Severity::Alert,
             EventKind::HandshakeFailed { reason } => match reason {
                 Error::Handshake(
                     HandshakeError::AuthenticationFailed
@@ -220,6 +254,10 @@ pub struct SecurityCounters {
     pub rekeys: u64,
     /// Limits hit.
     pub limits_exceeded: u64,
+    /// Datagrams refused as replays.
+    pub replays: u64,
+    /// Fragments dropped.
+    pub fragments_dropped: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
 }
@@ -235,6 +273,8 @@ impl SecurityCounters {
         self.truncations += other.truncations;
         self.rekeys += other.rekeys;
         self.limits_exceeded += other.limits_exceeded;
+        self.replays += other.replays;
+        self.fragments_dropped += other.fragments_dropped;
         self.events_dropped += other.events_dropped;
     }
 }
@@ -275,6 +315,8 @@ impl EventQueue {
             EventKind::Truncated => c.truncations += 1,
             EventKind::Rekeyed { .. } => c.rekeys += 1,
             EventKind::LimitExceeded { .. } => c.limits_exceeded += 1,
+            EventKind::ReplayRejected { .. } => c.replays += 1,
+            EventKind::FragmentDropped => c.fragments_dropped += 1,
             _ => {}
         }
         if self.queue.len() >= EVENT_QUEUE_CAPACITY {

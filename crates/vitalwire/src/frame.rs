@@ -30,6 +30,9 @@ pub const TAG_LEN: usize = 16;
 /// Bytes a transport frame adds around its payload inside the length prefix.
 pub const FRAME_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
+/// DATA flag: the payload is one piece of a fragmented message (spec §5.2).
+pub const FLAG_FRAGMENT: u8 = 0x01;
+
 /// Bytes of the PING / PONG payload.
 pub const PING_LEN: usize = 8;
 
@@ -128,7 +131,7 @@ impl fmt::Display for CloseCode {
 pub struct FrameHeader {
     /// Frame kind.
     pub kind: FrameKind,
-    /// Flag bits; all reserved in version 1 and must be zero.
+    /// Flag bits: [`FLAG_FRAGMENT`] on DATA; every other bit is reserved and must be zero.
     pub flags: u8,
     /// Channel number (DATA only; zero for every control kind).
     pub channel: u8,
@@ -146,12 +149,14 @@ impl FrameHeader {
     }
 
     /// Parses the three header bytes (spec §5.2). Checks the rules that do not depend on the
-    /// payload: reserved flags are zero (§5.2 "flags MUST be zero") and control frames use
-    /// channel 0 (§5.3). Unknown kinds are returned as such for the caller to discard.
+    /// payload: reserved flags are zero (§5.2; only DATA may carry [`FLAG_FRAGMENT`]) and
+    /// control frames use channel 0 (§5.3). Unknown kinds are returned as such for the caller
+    /// to discard.
     pub fn decode(bytes: [u8; HEADER_LEN]) -> Result<Self, ProtocolError> {
         let header = FrameHeader { kind: FrameKind(bytes[0]), flags: bytes[1], channel: bytes[2] };
-        if header.flags != 0 {
-            return Err(ProtocolError::ReservedFlags(header.flags));
+        let allowed = if header.kind == FrameKind::DATA { FLAG_FRAGMENT } else { 0 };
+        if header.flags & !allowed != 0 {
+            return Err(ProtocolError::ReservedFlags(header.flags & !allowed));
         }
         if header.kind.is_known() && header.kind != FrameKind::DATA && header.channel != 0 {
             return Err(ProtocolError::ChannelOnControlFrame);
@@ -174,6 +179,8 @@ mod tests {
     #[test]
     fn header_rejects_reserved_flags_and_control_channels() {
         assert_eq!(FrameHeader::decode([0x01, 0x80, 0]), Err(ProtocolError::ReservedFlags(0x80)));
+        assert!(FrameHeader::decode([0x01, FLAG_FRAGMENT, 0]).is_ok());
+        assert_eq!(FrameHeader::decode([0x02, FLAG_FRAGMENT, 0]), Err(ProtocolError::ReservedFlags(1)));
         assert_eq!(FrameHeader::decode([0x02, 0, 1]), Err(ProtocolError::ChannelOnControlFrame));
         // Unknown kinds pass header checks; the session discards them.
         assert_eq!(FrameHeader::decode([0x42, 0, 9]).unwrap().kind, FrameKind(0x42));

@@ -31,7 +31,7 @@ use crate::events::{EventKind, EventQueue, SecurityCounters, SecurityEvent, Time
 use crate::frame::{CloseCode, FrameHeader, FrameKind};
 use crate::hello::{self, HandshakeFrame, MAX_HANDSHAKE_FRAME_LEN, MAX_HINT_LEN, TYPE_HANDSHAKE};
 use crate::keys::{EntropyError, EntropySource, KeyId, Keypair, PrivateKey, Psk, PublicKey, KEY_ID_LEN};
-use crate::noise::{self, NoiseSetup};
+use crate::noise::{self, Finished, NoiseSetup};
 use crate::pairing;
 use crate::payload::{self, DeviceIdentity, SessionParams, PAIRING_NONCE_LEN};
 use crate::profile::{CipherSuite, Profile, PROTOCOL_VERSION};
@@ -330,7 +330,12 @@ pub struct Handshake {
     /// The handshake hash after message 2 (the pairing code covers it).
     h2: Option<[u8; 32]>,
     events: EventQueue,
+    deadline: Option<Timestamp>,
+    timeout_ms: u64,
 }
+
+/// Default time allowed for a handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 impl core::fmt::Debug for Handshake {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -360,6 +365,8 @@ impl Handshake {
             pairing: None,
             h2: None,
             events: EventQueue::default(),
+            deadline: None,
+            timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
         }
     }
 
@@ -805,8 +812,14 @@ impl Handshake {
         Ok(body)
     }
 
-    /// Consumes the finished handshake into a transport [`Session`].
-    pub fn into_session(mut self) -> Result<Session, Error> {
+    /// Consumes the finished handshake into a stream [`Session`].
+    pub fn into_session(self) -> Result<Session, Error> {
+        let (setup, finished, events) = self.into_parts()?;
+        Ok(Session::new(setup, finished, events))
+    }
+
+    /// The handshake's results, for either kind of session.
+    pub(crate) fn into_parts(mut self) -> Result<(SessionSetup, Finished, EventQueue), Error> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -857,7 +870,47 @@ impl Handshake {
             suite,
             pairing: pairing_code.is_some(),
         });
-        Ok(Session::new(setup, finished, events))
+        Ok((setup, finished, events))
+    }
+
+    /// The handshake deadline, once [`Handshake::handle_timeout`] has started the clock.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.failed.is_some() || self.is_finished() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Starts the handshake clock on the first call (call it when the connection opens), and
+    /// fails the handshake with [`HandshakeError::Timeout`] once the deadline has passed.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if self.is_finished() {
+            return Ok(());
+        }
+        match self.deadline {
+            None => {
+                self.deadline = Some(Timestamp(now.0.saturating_add(self.timeout_ms)));
+                Ok(())
+            }
+            Some(d) if now >= d => Err(self.expire()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Ends the handshake with [`HandshakeError::Timeout`] (datagram mode keeps its own clock).
+    pub(crate) fn expire(&mut self) -> Error {
+        self.events.push(EventKind::TimerExpired { timer: crate::events::Timer::Handshake });
+        self.fail(HandshakeError::Timeout)
+    }
+
+    /// The time allowed for the whole handshake (default 10 s).
+    pub fn with_timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = ms;
+        self
     }
 }
 

@@ -79,8 +79,10 @@
 extern crate alloc;
 
 pub mod cipher;
+pub mod datagram;
 pub mod error;
 pub mod events;
+pub mod fragment;
 pub mod frame;
 pub mod handshake;
 pub mod hello;
@@ -91,16 +93,19 @@ mod noise;
 pub mod pairing;
 pub mod payload;
 pub mod profile;
+pub mod replay;
 pub mod session;
 pub mod stream;
 #[doc(hidden)]
 pub mod testing;
+pub mod timers;
 pub mod trust;
 #[cfg(feature = "std")]
 pub mod trust_store;
 
+pub use error::DropReason;
 pub use error::{DecodeError, Error, HandshakeError, KeyError, ProtocolError, RejectReason};
-pub use events::{Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timestamp};
+pub use events::{Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timer, Timestamp};
 pub use frame::{CloseCode, FrameKind};
 pub use handshake::{Handshake, InitiatorConfig, PskDirectory, ResponderConfig, Role, StaticPskDirectory};
 #[cfg(feature = "std")]
@@ -111,6 +116,7 @@ pub use payload::{DeviceIdentity, SessionParams};
 pub use profile::{CipherSuite, Profile, PROTOCOL_VERSION};
 pub use session::{Incoming, Session, SessionStats};
 pub use stream::StreamDecoder;
+pub use timers::TimerConfig;
 pub use trust::{AllowAnyPeerInsecure, TrustDecision, TrustEntry, TrustList, TrustPolicy};
 #[cfg(feature = "std")]
 pub use trust_store::TrustStore;

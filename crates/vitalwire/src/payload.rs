@@ -44,6 +44,7 @@ const TAG_COMMITMENT: u8 = 0x01;
 
 const TAG_P_MAX_FRAME: u8 = 0x01;
 const TAG_P_REKEY: u8 = 0x02;
+const TAG_P_MAX_MESSAGE: u8 = 0x03;
 
 /// Who the device says it is. Sent by the initiator, encrypted, in its last handshake message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,11 +165,14 @@ pub struct SessionParams {
     pub max_frame_len: u16,
     /// Each side sends REKEY at the latest as the `rekey_interval`-th frame under one key.
     pub rekey_interval: u32,
+    /// The largest application message either side may send fragmented over several frames
+    /// (stream mode; 0: none). Bounds the receiver's reassembly memory.
+    pub max_message_len: u32,
 }
 
 impl Default for SessionParams {
     fn default() -> Self {
-        SessionParams { max_frame_len: u16::MAX, rekey_interval: 1 << 20 }
+        SessionParams { max_frame_len: u16::MAX, rekey_interval: 1 << 20, max_message_len: 4 << 20 }
     }
 }
 
@@ -191,6 +195,7 @@ impl SessionParams {
         out.extend_from_slice(&[PAYLOAD_FORMAT, KIND_PARAMS]);
         put_field(&mut out, TAG_P_MAX_FRAME, &self.max_frame_len.to_be_bytes());
         put_field(&mut out, TAG_P_REKEY, &self.rekey_interval.to_be_bytes());
+        put_field(&mut out, TAG_P_MAX_MESSAGE, &self.max_message_len.to_be_bytes());
         Ok(out)
     }
 
@@ -198,6 +203,7 @@ impl SessionParams {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut max_frame = None;
         let mut rekey = None;
+        let mut max_message = None;
         for field in Fields::new(bytes, KIND_PARAMS)? {
             let (tag, value) = field?;
             match tag {
@@ -211,6 +217,11 @@ impl SessionParams {
                     tag,
                     u32::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?),
                 )?,
+                TAG_P_MAX_MESSAGE => set_once(
+                    &mut max_message,
+                    tag,
+                    u32::from_be_bytes(value.try_into().map_err(|_| DecodeError::InvalidField(tag))?),
+                )?,
                 t if t < 0x80 => return Err(DecodeError::UnknownCriticalField(t)),
                 _ => {}
             }
@@ -218,6 +229,7 @@ impl SessionParams {
         let params = SessionParams {
             max_frame_len: max_frame.ok_or(DecodeError::MissingField(TAG_P_MAX_FRAME))?,
             rekey_interval: rekey.ok_or(DecodeError::MissingField(TAG_P_REKEY))?,
+            max_message_len: max_message.unwrap_or(0),
         };
         params.validate()?;
         Ok(params)
@@ -376,9 +388,11 @@ mod tests {
 
     #[test]
     fn params_round_trip_and_range_checks() {
-        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000 };
+        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000, max_message_len: 1 << 20 };
         let bytes = p.encode().unwrap();
-        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8");
+        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8\x03\x04\x00\x10\x00\x00");
+        // Without the optional message limit: no fragmented messages.
+        assert_eq!(SessionParams::decode(&bytes[..12]).unwrap().max_message_len, 0);
         assert_eq!(SessionParams::decode(&bytes), Ok(p));
         assert!(SessionParams { max_frame_len: 10, ..p }.encode().is_err());
         assert_eq!(

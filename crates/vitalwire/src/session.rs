@@ -17,7 +17,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::cipher::TransportCipher;
 use crate::error::{DecodeError, Error, ProtocolError};
-use crate::events::{Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timestamp};
+use crate::events::{
+    Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timer, Timestamp,
+};
+use crate::fragment::{self, Reassembled, Reassembler, ReassemblyLimits, FRAGMENT_HEADER_LEN};
+use crate::frame::FLAG_FRAGMENT;
 use crate::frame::{CloseCode, FrameHeader, FrameKind, FRAME_OVERHEAD, HEADER_LEN, PING_LEN, TAG_LEN};
 use crate::handshake::Role;
 use crate::keys::PublicKey;
@@ -26,6 +30,7 @@ use crate::pairing::PairingCode;
 use crate::payload::{DeviceIdentity, SessionParams};
 use crate::profile::{CipherSuite, Profile};
 use crate::stream::LENGTH_PREFIX_LEN;
+use crate::timers::{TimerConfig, TimerState};
 use crate::trust::{TrustDecision, TrustPolicy};
 
 /// What an opened frame meant.
@@ -47,6 +52,8 @@ pub enum Incoming {
     Rekeyed,
     /// The peer closed the session. A CLOSE answer is queued if we had not sent one.
     Closed(CloseCode),
+    /// One piece of a fragmented message arrived; the message follows when complete.
+    Fragment,
 }
 
 /// Session state (spec §7.2).
@@ -101,6 +108,12 @@ pub struct Session {
     pending_close: Option<CloseCode>,
     stats: SessionStats,
     events: EventQueue,
+    timers: TimerState,
+    pending_ping: bool,
+    pending_rekey: bool,
+    /// The fragmented message being received, if any (fragments arrive contiguously).
+    reassembly: Option<Reassembler>,
+    next_message_id: u16,
 }
 
 impl core::fmt::Debug for Session {
@@ -131,7 +144,81 @@ impl Session {
             pending_close: None,
             stats: SessionStats::default(),
             events,
+            timers: TimerState::new(TimerConfig::default()),
+            pending_ping: false,
+            pending_rekey: false,
+            reassembly: None,
+            next_message_id: 0,
         }
+    }
+
+    /// Replaces the timer settings (keepalive, dead peer, rekey by time, lifetime).
+    pub fn set_timers(&mut self, config: TimerConfig) {
+        self.timers.config = config;
+    }
+
+    /// When to call [`Session::handle_timeout`] next (after the first call, which starts the
+    /// clocks).
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match self.state {
+            State::Open | State::LocalClosed | State::RemoteClosed(_) => self.timers.next_deadline(),
+            _ => None,
+        }
+    }
+
+    /// Runs the timers (spec §7.4): queues a keepalive PING or a REKEY for
+    /// [`Session::poll_transmit`], or fails the session when the peer has been silent too
+    /// long ([`Error::DeadPeer`]) or the session is too old ([`Error::SessionExpired`]); a
+    /// CLOSE with the reason is then queued. Call it first when the session starts.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
+        match self.state {
+            State::Failed(e) => return Err(e),
+            State::Closed(_) => return Ok(()),
+            _ => {}
+        }
+        let actions = self.timers.check(now);
+        if actions.expired {
+            return Err(self.fail(Error::SessionExpired));
+        }
+        if actions.dead_peer {
+            return Err(self.fail(Error::DeadPeer));
+        }
+        self.pending_rekey |= actions.rekey;
+        self.pending_ping |= actions.keepalive;
+        Ok(())
+    }
+
+    /// Sends an application message of any size up to the negotiated `max_message_len`: in
+    /// one DATA frame if it fits, else as DATA frames flagged FRAGMENT (spec §5.4), appended to
+    /// `out` back to back.
+    pub fn seal_message(&mut self, channel: u8, message: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+        if message.len() <= self.max_payload_len() {
+            return self.seal_data(channel, message, out);
+        }
+        self.check_can_send()?;
+        if self.is_pairing() {
+            return Err(Error::PairingSession);
+        }
+        let max = self.setup.params.max_message_len as usize;
+        let piece = self.max_payload_len().saturating_sub(FRAGMENT_HEADER_LEN);
+        let pieces = match fragment::split(message, piece, self.next_message_id) {
+            Some(p) if message.len() <= max => p,
+            _ => {
+                self.events.push(EventKind::LimitExceeded { limit: Limit::MessageTooLarge });
+                let max = max.min(piece * fragment::MAX_FRAGMENTS);
+                return Err(Error::PayloadTooLarge { len: message.len(), max });
+            }
+        };
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        let start = out.len();
+        for p in pieces {
+            let header = FrameHeader { kind: FrameKind::DATA, flags: FLAG_FRAGMENT, channel };
+            if let Err(e) = self.seal_frame(header, &p, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The next queued security event, stamped with `now` (poll after each call that feeds
@@ -287,6 +374,15 @@ impl Session {
     /// [`Session::open`].
     pub fn poll_transmit(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
+        if matches!(self.state, State::Open) {
+            if core::mem::take(&mut self.pending_rekey) {
+                wrote |= self.seal_rekey(out).is_ok();
+            }
+            if core::mem::take(&mut self.pending_ping) {
+                let opaque = self.stats.frames_sent.to_be_bytes();
+                wrote |= self.seal_frame(FrameHeader::new(FrameKind::PING, 0), &opaque, out).is_ok();
+            }
+        }
         if let Some(opaque) = self.pending_pong.take() {
             if matches!(self.state, State::Open | State::RemoteClosed(_) | State::LocalClosed) {
                 wrote |= self.seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out).is_ok();
@@ -339,6 +435,7 @@ impl Session {
         };
         frame.advance(HEADER_LEN);
         self.stats.frames_received += 1;
+        self.timers.received();
         self.rx_under_key += 1;
         // spec §6.3: at most `rekey_interval` frames under one key, the last being REKEY.
         if self.rx_under_key >= self.setup.rekey_interval && header.kind != FrameKind::REKEY {
@@ -347,6 +444,11 @@ impl Session {
         match header.kind {
             FrameKind::DATA if self.is_pairing() => {
                 Err(self.fail(ProtocolError::DataInPairingSession.into()))
+            }
+            FrameKind::DATA if header.flags & FLAG_FRAGMENT != 0 => self.reassemble(header.channel, &frame),
+            FrameKind::DATA if self.reassembly.as_ref().is_some_and(|r| r.in_flight() > 0) => {
+                // spec §5.4: the pieces of a message travel back to back.
+                Err(self.fail(ProtocolError::InterleavedFragments.into()))
             }
             FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: frame.freeze() }),
             FrameKind::PING => {
@@ -418,6 +520,24 @@ impl Session {
         self.seal_one(FrameHeader { kind: FrameKind(kind), flags, channel }, payload, out)
     }
 
+    fn reassemble(&mut self, channel: u8, piece: &[u8]) -> Result<Incoming, Error> {
+        let limits = ReassemblyLimits {
+            max_message_len: self.setup.params.max_message_len as usize,
+            max_in_flight: 1,
+            timeout_ms: u64::MAX / 2,
+        };
+        let r = self.reassembly.get_or_insert_with(|| Reassembler::new(limits));
+        match r.push(piece, Timestamp(0)) {
+            Reassembled::Pending => Ok(Incoming::Fragment),
+            Reassembled::Complete(message) => Ok(Incoming::Data { channel, payload: Bytes::from(message) }),
+            Reassembled::Dropped(_) => {
+                // On a reliable, authenticated stream a bad fragment is the peer's fault.
+                self.events.push(EventKind::FragmentDropped);
+                Err(self.fail(ProtocolError::BadFragment.into()))
+            }
+        }
+    }
+
     #[doc(hidden)]
     pub fn set_send_nonce_for_testing_only(&mut self, nonce: u64) {
         self.tx.set_nonce_for_testing_only(nonce);
@@ -456,6 +576,8 @@ impl Session {
             Error::NonceExhausted => {
                 self.events.push(EventKind::LimitExceeded { limit: Limit::NonceExhausted })
             }
+            Error::DeadPeer => self.events.push(EventKind::TimerExpired { timer: Timer::DeadPeer }),
+            Error::SessionExpired => self.events.push(EventKind::TimerExpired { timer: Timer::Lifetime }),
             _ => {}
         }
         e
@@ -494,6 +616,7 @@ impl Session {
         match sealed {
             Ok(tag) => {
                 out.put_slice(&tag);
+                self.timers.sent();
                 self.tx_under_key += 1;
                 self.stats.frames_sent += 1;
                 Ok(())

@@ -262,10 +262,11 @@ fn invalid_configurations_are_refused_up_front() {
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Handshake::responder(
-            ResponderConfig::new(k.host.clone(), trust(&k))
-                .params(SessionParams { max_frame_len: 10, rekey_interval: 100 })
-        ),
+        Handshake::responder(ResponderConfig::new(k.host.clone(), trust(&k)).params(SessionParams {
+            max_frame_len: 10,
+            rekey_interval: 100,
+            ..SessionParams::default()
+        })),
         Err(Error::Config(_))
     ));
 }

@@ -28,7 +28,7 @@ fn frames_on_several_channels_round_trip_in_both_directions() {
 
 #[test]
 fn automatic_rekey_keeps_both_sides_in_step() {
-    let params = SessionParams { max_frame_len: 1024, rekey_interval: 4 };
+    let params = SessionParams { max_frame_len: 1024, rekey_interval: 4, ..SessionParams::default() };
     let (mut dev, mut host) = session_pair_with(Profile::Xx, CipherSuite::AesGcmSha256, params);
     let mut wire = BytesMut::new();
     for i in 0..20u8 {
@@ -67,7 +67,7 @@ fn on_demand_rekey_changes_the_key() {
 
 #[test]
 fn a_peer_that_never_rekeys_is_cut_off() {
-    let params = SessionParams { max_frame_len: 1024, rekey_interval: 4 };
+    let params = SessionParams { max_frame_len: 1024, rekey_interval: 4, ..SessionParams::default() };
     let (mut dev, mut host) = session_pair_with(Profile::Ik, CipherSuite::default(), params);
     let mut wire = BytesMut::new();
     for _ in 0..4 {
@@ -171,7 +171,7 @@ fn authentic_frames_that_break_the_rules() {
     assert_eq!(open_all(&mut host, &mut wire), vec![Err(Error::UnknownFrameKind(0x42)), data(1, b"ok")]);
     // Reserved flags, channel on a control frame, malformed control payloads: fatal.
     for (kind, flags, channel, payload, err) in [
-        (1u8, 0x01u8, 0u8, &b""[..], ProtocolError::ReservedFlags(1)),
+        (1u8, 0x02u8, 0u8, &b""[..], ProtocolError::ReservedFlags(2)),
         (2, 0, 7, &b"12345678"[..], ProtocolError::ChannelOnControlFrame),
         (2, 0, 0, &b"short"[..], ProtocolError::BadControlPayload(2)),
         (4, 0, 0, &b"x"[..], ProtocolError::BadControlPayload(4)),
@@ -194,7 +194,7 @@ fn authentic_frames_that_break_the_rules() {
 
 #[test]
 fn oversized_frames_and_payloads() {
-    let params = SessionParams { max_frame_len: 256, rekey_interval: 1000 };
+    let params = SessionParams { max_frame_len: 256, rekey_interval: 1000, ..SessionParams::default() };
     let (mut dev, mut host) = session_pair_with(Profile::Ik, CipherSuite::default(), params);
     // The host accepts frames up to 256 bytes; the device may not send more.
     let mut wire = BytesMut::new();

@@ -430,7 +430,7 @@ fn key_files_round_trip_and_bad_ones_are_refused() {
 fn every_event_kind_is_emitted_when_it_happens() {
     let mut seen: Vec<EventKind> = Vec::new();
     // SessionEstablished, Rekeyed (both directions), UnknownFrameKind, SessionClosed.
-    let params = SessionParams { max_frame_len: 256, rekey_interval: 4 };
+    let params = SessionParams { max_frame_len: 256, rekey_interval: 4, ..SessionParams::default() };
     let (mut dev, mut hostside) = session_pair_with(Profile::Ik, CipherSuite::default(), params);
     let mut wire = BytesMut::new();
     for _ in 0..4 {
@@ -457,7 +457,7 @@ fn every_event_kind_is_emitted_when_it_happens() {
     dev.seal_raw_for_testing_only(1, 0x40, 1, b"", &mut wire).unwrap();
     let _ = open_all(&mut hostside, &mut wire);
     seen.extend(kinds(&drain(&mut |t| hostside.poll_event(t))));
-    let params = SessionParams { max_frame_len: 64, rekey_interval: 100 };
+    let params = SessionParams { max_frame_len: 64, rekey_interval: 100, ..SessionParams::default() };
     let (_, mut small) = session_pair_with(Profile::Ik, CipherSuite::default(), params);
     let _ = small.open(BytesMut::from(&[0u8; 100][..]));
     seen.extend(kinds(&drain(&mut |t| small.poll_event(t))));

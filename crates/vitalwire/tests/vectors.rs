@@ -51,6 +51,7 @@ fn vectors_replay_from_the_files_alone() {
         let params = SessionParams {
             max_frame_len: r["params"]["max_frame_len"].as_u64().unwrap() as u16,
             rekey_interval: r["params"]["rekey_interval"].as_u64().unwrap() as u32,
+            max_message_len: r["params"]["max_message_len"].as_u64().unwrap() as u32,
         };
         let host_keys = Keypair::from_private(PrivateKey::from_slice(&hexv(&r["static_private"])).unwrap());
         let mut host = Some(

@@ -59,7 +59,8 @@ fn exchange(
 fn seal_and_open_allocate_nothing_after_warm_up() {
     for suite in CipherSuite::ALL {
         // A short rekey interval so automatic rekeys happen inside the measured loop too.
-        let params = SessionParams { max_frame_len: 16 * 1024 + 64, rekey_interval: 16 };
+        let params =
+            SessionParams { max_frame_len: 16 * 1024 + 64, rekey_interval: 16, ..SessionParams::default() };
         let (mut dev, mut host) = session_pair_with(Profile::Ik, suite, params);
         let mut dec = StreamDecoder::new(host.max_frame_len());
         let mut send_buf = BytesMut::with_capacity(32 * 1024);

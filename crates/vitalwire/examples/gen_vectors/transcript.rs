@@ -49,7 +49,7 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
         firmware: "1.4.2".into(),
         max_frame_len: 2048,
     };
-    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4 };
+    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4, ..SessionParams::default() };
 
     let mut ic = InitiatorConfig::new(profile, init_kp.clone(), identity.clone())
         .suite(suite)
@@ -202,7 +202,11 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
             "static_private": hex::encode(resp_static.expose_secret()),
             "static_public": hex::encode(resp_kp.public().as_bytes()),
             "ephemeral_private": hex::encode(resp_eph.expose_secret()),
-            "params": {"max_frame_len": params.max_frame_len, "rekey_interval": params.rekey_interval},
+            "params": {
+                "max_frame_len": params.max_frame_len,
+                "rekey_interval": params.rekey_interval,
+                "max_message_len": params.max_message_len,
+            },
         },
         "handshake_hash": handshake_hash,
         "frames": rec.frames,

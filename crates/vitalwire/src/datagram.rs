@@ -1,0 +1,1487 @@
+//! Datagram mode: sessions over lossy links (UDP, BLE GATT) where packets may be lost,
+//! duplicated or reordered (spec/PROTOCOL.md §13).
+//!
+//! ```text
+//! HELLO      = 0x21 | sender_index u32 | HELLO body (§4.2)
+//! RESPONSE   = 0x22 | sender_index u32 | receiver_index u32 | HANDSHAKE or REJECT body
+//! FINISH     = 0x23 | receiver_index u32 | HANDSHAKE body (XX, XXpsk3 message 3)
+//! TRANSPORT  = 0x24 | receiver_index u32 | counter u64 | AEAD(k_epoch, counter, ad = these 13
+//!              bytes, kind | flags | channel | payload)
+//! ```
+//!
+//! - Each transport packet carries its counter (the nonce) in the clear; the receiver keeps a
+//!   sliding [`ReplayWindow`]: any order within the window, each counter once, and only an
+//!   authenticated packet moves the window.
+//! - Keys roll by epoch: the key for counter `c` is the `c / rekey_interval`-th `REKEY()` of
+//!   the split key. A sender rekeys (by count, by time or on demand) by moving its counter to
+//!   the next epoch; the receiver derives the new key when a packet of that epoch
+//!   authenticates, and keeps the previous key for a grace period for packets still in flight.
+//! - Handshake packets are retransmitted with exponential backoff until answered; duplicates
+//!   are answered from a cache, never processed twice.
+//! - Nothing a forged or stale packet does is fatal: it is dropped with an event.
+//!
+//! [`DatagramClient`] drives a device's side; [`DatagramHost`] serves many devices on one
+//! socket, told apart by their session index. Both are sans-IO: packets and the time in,
+//! packets, data and events out.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+use bytes::{Buf, BufMut, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::cipher::TransportCipher;
+use crate::error::{DecodeError, DropReason, Error, HandshakeError, ProtocolError};
+use crate::events::{
+    Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timer, Timestamp,
+};
+use crate::frame::{CloseCode, FrameHeader, FrameKind, HEADER_LEN, PING_LEN, TAG_LEN};
+use crate::handshake::{Handshake, InitiatorConfig, ResponderConfig, Role};
+use crate::keys::{EntropySource, PublicKey};
+use crate::payload::DeviceIdentity;
+use crate::replay::{ReplayVerdict, ReplayWindow, DEFAULT_WINDOW};
+use crate::session::{Incoming, SessionSetup};
+use crate::stream;
+use crate::timers::{TimerConfig, TimerState};
+
+/// Packet type: the initiator's HELLO.
+pub const TYPE_HELLO: u8 = 0x21;
+/// Packet type: the responder's answer (message 2 or REJECT).
+pub const TYPE_RESPONSE: u8 = 0x22;
+/// Packet type: XX/XXpsk3 message 3.
+pub const TYPE_FINISH: u8 = 0x23;
+/// Packet type: a transport packet.
+pub const TYPE_TRANSPORT: u8 = 0x24;
+/// Bytes of the cleartext transport header.
+pub const TRANSPORT_HEADER_LEN: usize = 13;
+/// Bytes a transport packet adds around its payload.
+pub const TRANSPORT_OVERHEAD: usize = TRANSPORT_HEADER_LEN + HEADER_LEN + TAG_LEN;
+
+/// A parsed datagram (its cleartext part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// The initiator's HELLO.
+    Hello {
+        /// The initiator's session index.
+        sender: u32,
+        /// The HELLO body of §4.2.
+        body: &'a [u8],
+    },
+    /// The responder's answer.
+    Response {
+        /// The responder's session index (0 with a REJECT).
+        sender: u32,
+        /// The initiator's session index.
+        receiver: u32,
+        /// A HANDSHAKE or REJECT body.
+        body: &'a [u8],
+    },
+    /// XX/XXpsk3 message 3.
+    Finish {
+        /// The responder's session index.
+        receiver: u32,
+        /// A HANDSHAKE body.
+        body: &'a [u8],
+    },
+    /// A transport packet.
+    Transport {
+        /// The receiver's session index.
+        receiver: u32,
+        /// The counter (nonce).
+        counter: u64,
+    },
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl<'a> Packet<'a> {
+    /// Parses the cleartext part of a datagram.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let short = |min| DecodeError::FrameTooShort { len: bytes.len(), min };
+        match bytes.first() {
+            None => Err(DecodeError::EmptyFrame),
+            Some(&TYPE_HELLO) if bytes.len() > 5 => {
+                Ok(Packet::Hello { sender: be32(&bytes[1..]), body: &bytes[5..] })
+            }
+            Some(&TYPE_RESPONSE) if bytes.len() > 9 => Ok(Packet::Response {
+                sender: be32(&bytes[1..]),
+                receiver: be32(&bytes[5..]),
+                body: &bytes[9..],
+            }),
+            Some(&TYPE_FINISH) if bytes.len() > 5 => {
+                Ok(Packet::Finish { receiver: be32(&bytes[1..]), body: &bytes[5..] })
+            }
+            Some(&TYPE_TRANSPORT) if bytes.len() >= TRANSPORT_OVERHEAD => {
+                let counter = u64::from_be_bytes(bytes[5..13].try_into().map_err(|_| short(13))?);
+                Ok(Packet::Transport { receiver: be32(&bytes[1..]), counter })
+            }
+            Some(&TYPE_HELLO | &TYPE_FINISH) => Err(short(6)),
+            Some(&TYPE_RESPONSE) => Err(short(10)),
+            Some(&TYPE_TRANSPORT) => Err(short(TRANSPORT_OVERHEAD)),
+            Some(&other) => Err(DecodeError::UnknownHandshakeFrame(other)),
+        }
+    }
+}
+
+/// Settings of datagram mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramConfig {
+    /// Replay window, in packets (rounded up to a multiple of 64).
+    pub replay_window: u32,
+    /// How long the previous receiving key is kept after a rekey.
+    pub key_grace_ms: u64,
+    /// How many epochs ahead a packet may be (bounds the work a forged counter causes).
+    pub max_epoch_skip: u64,
+    /// First handshake retransmission timeout.
+    pub initial_rto_ms: u64,
+    /// Largest handshake retransmission timeout (the backoff doubles up to it).
+    pub max_rto_ms: u64,
+    /// Time allowed for a handshake, retransmissions included.
+    pub handshake_timeout_ms: u64,
+    /// Session timers.
+    pub timers: TimerConfig,
+}
+
+impl Default for DatagramConfig {
+    fn default() -> Self {
+        DatagramConfig {
+            replay_window: DEFAULT_WINDOW,
+            key_grace_ms: 5_000,
+            max_epoch_skip: 64,
+            initial_rto_ms: 500,
+            max_rto_ms: 8_000,
+            handshake_timeout_ms: 30_000,
+            timers: TimerConfig::default(),
+        }
+    }
+}
+
+/// A packet to resend until something proves the peer got it.
+#[derive(Debug, Clone)]
+struct Retransmit {
+    packet: Vec<u8>,
+    at: Timestamp,
+    rto: u64,
+    give_up: Timestamp,
+    due: bool,
+}
+
+impl Retransmit {
+    fn new(packet: Vec<u8>, now: Timestamp, config: &DatagramConfig) -> Self {
+        Retransmit {
+            packet,
+            at: Timestamp(now.0 + config.initial_rto_ms),
+            rto: config.initial_rto_ms,
+            give_up: Timestamp(now.0 + config.handshake_timeout_ms),
+            due: false,
+        }
+    }
+
+    /// Marks the packet due if its time has come and schedules the next try.
+    fn tick(&mut self, now: Timestamp, max_rto: u64) {
+        if now >= self.at {
+            self.due = true;
+            self.rto = (self.rto * 2).min(max_rto);
+            self.at = Timestamp(now.0 + self.rto);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Closed,
+    Failed(Error),
+}
+
+/// An established datagram-mode session.
+pub struct DatagramSession {
+    setup: SessionSetup,
+    config: DatagramConfig,
+    local_index: u32,
+    remote_index: u32,
+    interval: u64,
+    tx: TransportCipher,
+    tx_counter: u64,
+    tx_epoch: u64,
+    rx: TransportCipher,
+    rx_epoch: u64,
+    rx_prev: Option<(TransportCipher, Timestamp)>,
+    replay: ReplayWindow,
+    handshake_hash: [u8; 32],
+    remote_static: PublicKey,
+    events: EventQueue,
+    state: State,
+    timers: TimerState,
+    pending_pong: Option<[u8; PING_LEN]>,
+    pending_ping: bool,
+    pending_close: Option<CloseCode>,
+    /// XX initiator: FINISH, resent until the responder proves it has the session.
+    unconfirmed: Option<Retransmit>,
+    /// Responder: the digest of the HELLO it answered and the answer, for duplicates.
+    response_cache: Option<([u8; 32], Vec<u8>)>,
+    resend_response: bool,
+    packets_sent: u64,
+    packets_received: u64,
+}
+
+impl core::fmt::Debug for DatagramSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DatagramSession")
+            .field("role", &self.setup.role)
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .field("tx_epoch", &self.tx_epoch)
+            .field("rx_epoch", &self.rx_epoch)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatagramSession {
+    fn new(
+        hs: Handshake,
+        local_index: u32,
+        remote_index: u32,
+        config: DatagramConfig,
+        now: Timestamp,
+    ) -> Result<Self, Error> {
+        let (setup, finished, events) = hs.into_parts()?;
+        let mut timers = TimerState::new(config.timers);
+        timers.start(now);
+        Ok(DatagramSession {
+            interval: setup.rekey_interval as u64,
+            setup,
+            config,
+            local_index,
+            remote_index,
+            tx: finished.tx,
+            tx_counter: 0,
+            tx_epoch: 0,
+            rx: finished.rx,
+            rx_epoch: 0,
+            rx_prev: None,
+            replay: ReplayWindow::new(config.replay_window),
+            handshake_hash: finished.handshake_hash,
+            remote_static: finished.remote_static,
+            events,
+            state: State::Open,
+            timers,
+            pending_pong: None,
+            pending_ping: false,
+            pending_close: None,
+            unconfirmed: None,
+            response_cache: None,
+            resend_response: false,
+            packets_sent: 0,
+            packets_received: 0,
+        })
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.setup.role
+    }
+    /// This side's session index (the receiver index of packets addressed to it).
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+    /// The peer's session index.
+    pub fn remote_index(&self) -> u32 {
+        self.remote_index
+    }
+    /// The peer's authenticated static key.
+    pub fn remote_static(&self) -> &PublicKey {
+        &self.remote_static
+    }
+    /// The Noise handshake hash.
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.handshake_hash
+    }
+    /// The device's identity (host side).
+    pub fn peer_identity(&self) -> Option<&DeviceIdentity> {
+        self.setup.peer_identity.as_ref()
+    }
+    /// The sending key epoch.
+    pub fn tx_epoch(&self) -> u64 {
+        self.tx_epoch
+    }
+    /// The receiving key epoch.
+    pub fn rx_epoch(&self) -> u64 {
+        self.rx_epoch
+    }
+    /// Packets sealed and packets opened.
+    pub fn packet_counts(&self) -> (u64, u64) {
+        (self.packets_sent, self.packets_received)
+    }
+    /// Largest DATA payload per packet the peer accepts.
+    pub fn max_payload_len(&self) -> usize {
+        (self.setup.peer_max_frame_len as usize).saturating_sub(TRANSPORT_OVERHEAD)
+    }
+    /// Whether the peer has proven it holds the session (XX initiator: an authenticated packet
+    /// from the responder arrived). Until then, data may be lost if FINISH was.
+    pub fn is_confirmed(&self) -> bool {
+        self.unconfirmed.is_none()
+    }
+    /// The error that ended the session, if any.
+    pub fn error(&self) -> Option<Error> {
+        match self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.state != State::Open
+    }
+    /// The next security event, stamped with `now`.
+    pub fn poll_event(&mut self, now: Timestamp) -> Option<SecurityEvent> {
+        self.events.poll(now)
+    }
+    /// Cumulative security counters.
+    pub fn security_counters(&self) -> SecurityCounters {
+        self.events.counters
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if let State::Failed(first) = self.state {
+            return first;
+        }
+        match e {
+            Error::Protocol(error) => self.events.push(EventKind::ProtocolViolation { error }),
+            Error::DeadPeer => self.events.push(EventKind::TimerExpired { timer: Timer::DeadPeer }),
+            Error::SessionExpired => self.events.push(EventKind::TimerExpired { timer: Timer::Lifetime }),
+            Error::NonceExhausted => {
+                self.events.push(EventKind::LimitExceeded { limit: Limit::NonceExhausted })
+            }
+            Error::Handshake(HandshakeError::Timeout) => {
+                self.events.push(EventKind::TimerExpired { timer: Timer::Handshake })
+            }
+            _ => {}
+        }
+        self.pending_close = e.close_code();
+        self.state = State::Failed(e);
+        e
+    }
+
+    fn drop_packet(&mut self, reason: DropReason) -> Error {
+        match reason {
+            DropReason::AuthenticationFailed => self.events.push(EventKind::AuthenticationFailure),
+            DropReason::Replay => self.events.push(EventKind::ReplayRejected { duplicate: true }),
+            DropReason::TooOld => self.events.push(EventKind::ReplayRejected { duplicate: false }),
+            _ => {}
+        }
+        Error::Dropped(reason)
+    }
+
+    /// Seals a DATA packet into `out` (one datagram: send `out` as one packet).
+    pub fn seal_data(
+        &mut self,
+        channel: u8,
+        payload: &[u8],
+        now: Timestamp,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.check_can_send()?;
+        let max = self.max_payload_len();
+        if payload.len() > max {
+            self.events.push(EventKind::LimitExceeded { limit: Limit::PayloadTooLarge });
+            return Err(Error::PayloadTooLarge { len: payload.len(), max });
+        }
+        self.seal(FrameHeader::new(FrameKind::DATA, channel), payload, now, out)
+    }
+
+    /// Rolls the sending key now: the next packet starts a new epoch.
+    pub fn rekey(&mut self) -> Result<(), Error> {
+        self.check_can_send()?;
+        self.jump_to_next_epoch()
+    }
+
+    /// Closes the session and seals a CLOSE packet into `out` (best effort on a lossy link).
+    pub fn close(&mut self, code: CloseCode, now: Timestamp, out: &mut BytesMut) -> Result<(), Error> {
+        self.check_can_send()?;
+        self.seal(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), now, out)?;
+        self.events.push(EventKind::SessionClosed { code, by_peer: false });
+        self.state = State::Closed;
+        Ok(())
+    }
+
+    fn check_can_send(&self) -> Result<(), Error> {
+        match self.state {
+            State::Open => Ok(()),
+            State::Closed => Err(Error::Closed),
+            State::Failed(e) => Err(e),
+        }
+    }
+
+    fn jump_to_next_epoch(&mut self) -> Result<(), Error> {
+        let next = (self.tx_epoch + 1).checked_mul(self.interval).filter(|c| *c < u64::MAX);
+        match next {
+            Some(c) if c > self.tx_counter => {
+                self.tx_counter = c;
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(self.fail(Error::NonceExhausted)),
+        }
+    }
+
+    fn seal(
+        &mut self,
+        header: FrameHeader,
+        payload: &[u8],
+        now: Timestamp,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        if self.tx_counter == u64::MAX {
+            return Err(self.fail(Error::NonceExhausted));
+        }
+        let epoch = self.tx_counter / self.interval;
+        while self.tx_epoch < epoch {
+            self.tx.rekey();
+            self.tx_epoch += 1;
+            self.timers.rekeyed_at(now);
+            self.events.push(EventKind::Rekeyed { direction: Direction::Outbound });
+        }
+        let start = out.len();
+        out.reserve(TRANSPORT_OVERHEAD + payload.len());
+        out.put_u8(TYPE_TRANSPORT);
+        out.put_u32(self.remote_index);
+        out.put_u64(self.tx_counter);
+        out.put_slice(&header.encode());
+        out.put_slice(payload);
+        let (ad, body) = out[start..].split_at_mut(TRANSPORT_HEADER_LEN);
+        let tag = self.tx.seal_at(self.tx_counter, ad, body);
+        out.put_slice(&tag);
+        self.tx_counter += 1;
+        self.packets_sent += 1;
+        self.timers.sent_at(now);
+        Ok(())
+    }
+
+    /// Opens one transport packet (the whole datagram). Dropped packets return
+    /// [`Error::Dropped`] and leave the session as it was.
+    pub fn open(&mut self, mut packet: BytesMut, now: Timestamp) -> Result<Incoming, Error> {
+        match self.state {
+            State::Failed(e) => return Err(e),
+            State::Closed => return Err(Error::Closed),
+            State::Open => {}
+        }
+        let (receiver, counter) = match Packet::decode(&packet) {
+            Ok(Packet::Transport { receiver, counter }) => (receiver, counter),
+            _ => return Err(self.drop_packet(DropReason::Malformed)),
+        };
+        if receiver != self.local_index {
+            return Err(self.drop_packet(DropReason::UnknownIndex));
+        }
+        if counter == u64::MAX {
+            return Err(self.drop_packet(DropReason::Malformed));
+        }
+        match self.replay.check(counter) {
+            Ok(()) => {}
+            Err(ReplayVerdict::Duplicate) => return Err(self.drop_packet(DropReason::Replay)),
+            Err(ReplayVerdict::TooOld) => return Err(self.drop_packet(DropReason::TooOld)),
+        }
+        self.expire_previous_key(now);
+        let epoch = counter / self.interval;
+        // Pick the key of the packet's epoch; a later epoch's key is derived but only kept if
+        // the packet authenticates.
+        let mut advanced: Option<(TransportCipher, Option<TransportCipher>)> = None;
+        let opened = {
+            let (ad, body) = packet.split_at_mut(TRANSPORT_HEADER_LEN);
+            if epoch == self.rx_epoch {
+                self.rx.open_at(counter, ad, body)
+            } else if epoch + 1 == self.rx_epoch {
+                match &self.rx_prev {
+                    Some((prev, _)) => prev.open_at(counter, ad, body),
+                    None => return Err(self.drop_packet(DropReason::StaleKey)),
+                }
+            } else if epoch > self.rx_epoch && epoch - self.rx_epoch <= self.config.max_epoch_skip {
+                let mut before = None;
+                let mut k = self.rx.next_epoch();
+                for _ in self.rx_epoch + 1..epoch {
+                    let next = k.next_epoch();
+                    before = Some(k);
+                    k = next;
+                }
+                let r = k.open_at(counter, ad, body);
+                advanced = Some((k, before));
+                r
+            } else {
+                return Err(self.drop_packet(DropReason::StaleKey));
+            }
+        };
+        let plain_len = match opened {
+            Ok(n) => n,
+            Err(_) => return Err(self.drop_packet(DropReason::AuthenticationFailed)),
+        };
+        // Authenticated: now, and only now, the window moves and keys advance.
+        self.replay.accept(counter);
+        if let Some((new_rx, before)) = advanced {
+            let previous = before.unwrap_or_else(|| core::mem::replace(&mut self.rx, new_rx.next_epoch()));
+            // `before` is the key of epoch-1 when we skipped; otherwise the old current key.
+            self.rx = new_rx;
+            self.rx_prev = Some((previous, Timestamp(now.0 + self.config.key_grace_ms)));
+            while self.rx_epoch < epoch {
+                self.rx_epoch += 1;
+                self.events.push(EventKind::Rekeyed { direction: Direction::Inbound });
+            }
+        }
+        self.packets_received += 1;
+        self.timers.received_at(now);
+        self.unconfirmed = None;
+        self.response_cache = None;
+        packet.truncate(TRANSPORT_HEADER_LEN + plain_len);
+        packet.advance(TRANSPORT_HEADER_LEN);
+        let header = match FrameHeader::decode([packet[0], packet[1], packet[2]]) {
+            Ok(h) => h,
+            Err(e) => return Err(self.fail(e.into())),
+        };
+        packet.advance(HEADER_LEN);
+        match header.kind {
+            FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: packet.freeze() }),
+            FrameKind::PING => match <[u8; PING_LEN]>::try_from(&packet[..]) {
+                Ok(p) => {
+                    self.pending_pong = Some(p);
+                    Ok(Incoming::Ping)
+                }
+                Err(_) => Err(self.fail(ProtocolError::BadControlPayload(FrameKind::PING.0).into())),
+            },
+            FrameKind::PONG => match <[u8; PING_LEN]>::try_from(&packet[..]) {
+                Ok(p) => Ok(Incoming::Pong(p)),
+                Err(_) => Err(self.fail(ProtocolError::BadControlPayload(FrameKind::PONG.0).into())),
+            },
+            FrameKind::CLOSE => match <[u8; 2]>::try_from(&packet[..]) {
+                Ok(c) => {
+                    let code = CloseCode(u16::from_be_bytes(c));
+                    self.events.push(EventKind::SessionClosed { code, by_peer: true });
+                    self.state = State::Closed;
+                    Ok(Incoming::Closed(code))
+                }
+                Err(_) => Err(self.fail(ProtocolError::BadControlPayload(FrameKind::CLOSE.0).into())),
+            },
+            // Datagram mode rolls keys by epoch: an in-band REKEY frame has no meaning here.
+            FrameKind::REKEY => Err(self.fail(ProtocolError::BadControlPayload(FrameKind::REKEY.0).into())),
+            FrameKind(kind) => {
+                self.events.push(EventKind::UnknownFrameKind { kind });
+                Err(Error::UnknownFrameKind(kind))
+            }
+        }
+    }
+
+    fn expire_previous_key(&mut self, now: Timestamp) {
+        if self.rx_prev.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.rx_prev = None;
+        }
+    }
+
+    /// When to call [`DatagramSession::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.state != State::Open {
+            return None;
+        }
+        [
+            self.timers.next_deadline(),
+            self.unconfirmed.as_ref().map(|r| r.at),
+            self.rx_prev.as_ref().map(|p| p.1),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs the timers: keepalive, dead peer, rekey by time, lifetime, the handshake
+    /// retransmission of an unconfirmed session, and the expiry of the previous key.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
+        if let State::Failed(e) = self.state {
+            return Err(e);
+        }
+        self.expire_previous_key(now);
+        if let Some(r) = &mut self.unconfirmed {
+            if now >= r.give_up {
+                return Err(self.fail(HandshakeError::Timeout.into()));
+            }
+            r.tick(now, self.config.max_rto_ms);
+        }
+        let actions = self.timers.check(now);
+        if actions.expired {
+            return Err(self.fail(Error::SessionExpired));
+        }
+        if actions.dead_peer {
+            return Err(self.fail(Error::DeadPeer));
+        }
+        if actions.rekey && self.state == State::Open {
+            self.jump_to_next_epoch()?;
+        }
+        if actions.keepalive {
+            self.pending_ping = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the next queued packet (a handshake retransmission, a CLOSE, a PONG, a
+    /// keepalive PING) into `out`. Returns false when nothing is queued. Call it until false.
+    pub fn poll_transmit(&mut self, now: Timestamp, out: &mut BytesMut) -> bool {
+        if let Some(r) = &mut self.unconfirmed {
+            if core::mem::take(&mut r.due) {
+                out.extend_from_slice(&r.packet);
+                return true;
+            }
+        }
+        if core::mem::take(&mut self.resend_response) {
+            if let Some((_, packet)) = &self.response_cache {
+                out.extend_from_slice(packet);
+                return true;
+            }
+        }
+        if let Some(code) = self.pending_close.take() {
+            if let State::Failed(_) = self.state {
+                // Best effort: tell the peer why, if a nonce is left.
+                return self
+                    .seal(FrameHeader::new(FrameKind::CLOSE, 0), &code.0.to_be_bytes(), now, out)
+                    .is_ok();
+            }
+        }
+        if self.state != State::Open {
+            return false;
+        }
+        if let Some(p) = self.pending_pong.take() {
+            return self.seal(FrameHeader::new(FrameKind::PONG, 0), &p, now, out).is_ok();
+        }
+        if core::mem::take(&mut self.pending_ping) {
+            let opaque = self.tx_counter.to_be_bytes();
+            return self.seal(FrameHeader::new(FrameKind::PING, 0), &opaque, now, out).is_ok();
+        }
+        false
+    }
+
+    /// A duplicate of the handshake packet this session came from arrived: answer it again
+    /// (the peer did not get our answer).
+    fn handle_duplicate_handshake(&mut self, digest: &[u8; 32]) {
+        match &self.response_cache {
+            Some((d, _)) if d == digest => self.resend_response = true,
+            // XX responder: a repeated FINISH; a PING proves we have the session.
+            _ if self.setup.role == Role::Responder => self.pending_ping = true,
+            _ => {}
+        }
+    }
+}
+
+/// One side of a handshake over datagrams, with retransmission.
+pub struct DatagramHandshake {
+    hs: Handshake,
+    config: DatagramConfig,
+    local_index: u32,
+    remote_index: Option<u32>,
+    outbox: Option<Vec<u8>>,
+    retransmit: Option<Retransmit>,
+    deadline: Timestamp,
+    /// Responder: digest of the HELLO answered.
+    hello_digest: Option<[u8; 32]>,
+    last_response: Option<Vec<u8>>,
+    /// Initiator: the FINISH packet (XX), to keep resending after the handshake.
+    finish: Option<Vec<u8>>,
+}
+
+impl core::fmt::Debug for DatagramHandshake {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DatagramHandshake")
+            .field("handshake", &self.hs)
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .finish_non_exhaustive()
+    }
+}
+
+fn digest(packet: &[u8]) -> [u8; 32] {
+    Sha256::digest(packet).into()
+}
+
+/// Writes the handshake's next frame and returns its body (without the stream length prefix).
+fn next_body(hs: &mut Handshake) -> Result<Vec<u8>, Error> {
+    let mut buf = BytesMut::new();
+    hs.write_message(&mut buf)?;
+    buf.advance(stream::LENGTH_PREFIX_LEN);
+    Ok(buf.to_vec())
+}
+
+impl DatagramHandshake {
+    /// Starts the device's side and queues its HELLO.
+    pub fn initiator(
+        config: InitiatorConfig,
+        local_index: u32,
+        dconfig: DatagramConfig,
+        now: Timestamp,
+    ) -> Result<Self, Error> {
+        let mut hs = Handshake::initiator(config)?;
+        let body = next_body(&mut hs)?;
+        let mut packet = Vec::with_capacity(5 + body.len());
+        packet.push(TYPE_HELLO);
+        packet.extend_from_slice(&local_index.to_be_bytes());
+        packet.extend_from_slice(&body);
+        Ok(DatagramHandshake {
+            hs,
+            config: dconfig,
+            local_index,
+            remote_index: None,
+            outbox: Some(packet.clone()),
+            retransmit: Some(Retransmit::new(packet, now, &dconfig)),
+            deadline: Timestamp(now.0 + dconfig.handshake_timeout_ms),
+            hello_digest: None,
+            last_response: None,
+            finish: None,
+        })
+    }
+
+    /// Starts the host's side from a HELLO packet and queues the answer (message 2 or a
+    /// REJECT). A refused HELLO still queues its REJECT and returns the error.
+    pub fn responder(
+        config: ResponderConfig,
+        local_index: u32,
+        dconfig: DatagramConfig,
+        hello: &[u8],
+        now: Timestamp,
+    ) -> Result<Self, (Error, Option<Vec<u8>>, Option<Handshake>)> {
+        let mut hs = Handshake::responder(config).map_err(|e| (e, None, None))?;
+        let Ok(Packet::Hello { sender, body }) = Packet::decode(hello) else {
+            return Err((Error::Dropped(DropReason::Malformed), None, Some(hs)));
+        };
+        let answer = |hs: &mut Handshake, index: u32| -> Option<Vec<u8>> {
+            let body = next_body(hs).ok()?;
+            let mut packet = Vec::with_capacity(9 + body.len());
+            packet.push(TYPE_RESPONSE);
+            packet.extend_from_slice(&index.to_be_bytes());
+            packet.extend_from_slice(&sender.to_be_bytes());
+            packet.extend_from_slice(&body);
+            Some(packet)
+        };
+        if let Err(e) = hs.read_message(body) {
+            let reject = if hs.wants_write() { answer(&mut hs, 0) } else { None };
+            return Err((e, reject, Some(hs)));
+        }
+        let Some(response) = answer(&mut hs, local_index) else {
+            let e = hs.error().unwrap_or(Error::Handshake(HandshakeError::Noise));
+            return Err((e, None, Some(hs)));
+        };
+        Ok(DatagramHandshake {
+            hs,
+            config: dconfig,
+            local_index,
+            remote_index: Some(sender),
+            outbox: Some(response.clone()),
+            retransmit: None,
+            deadline: Timestamp(now.0 + dconfig.handshake_timeout_ms),
+            hello_digest: Some(digest(hello)),
+            last_response: Some(response),
+            finish: None,
+        })
+    }
+
+    /// This side's session index.
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+
+    /// Whether the handshake is done (call [`DatagramHandshake::into_session`]).
+    pub fn is_finished(&self) -> bool {
+        self.hs.is_finished()
+    }
+
+    /// The error that ended the handshake.
+    pub fn error(&self) -> Option<Error> {
+        self.hs.error()
+    }
+
+    /// The next security event.
+    pub fn poll_event(&mut self, now: Timestamp) -> Option<SecurityEvent> {
+        self.hs.poll_event(now)
+    }
+
+    /// Takes one handshake packet addressed to this handshake.
+    pub fn handle_packet(&mut self, packet: &[u8], _now: Timestamp) -> Result<(), Error> {
+        if let Some(e) = self.hs.error() {
+            return Err(e);
+        }
+        match (Packet::decode(packet), self.hs.role()) {
+            (Ok(Packet::Response { sender, receiver, body }), Role::Initiator)
+                if receiver == self.local_index =>
+            {
+                if self.remote_index.is_some() {
+                    return Err(Error::Dropped(DropReason::UnexpectedHandshake));
+                }
+                self.hs.read_message(body)?;
+                self.remote_index = Some(sender);
+                self.retransmit = None;
+                if self.hs.wants_write() {
+                    let body = next_body(&mut self.hs)?;
+                    let mut finish = Vec::with_capacity(5 + body.len());
+                    finish.push(TYPE_FINISH);
+                    finish.extend_from_slice(&sender.to_be_bytes());
+                    finish.extend_from_slice(&body);
+                    self.finish = Some(finish);
+                }
+                Ok(())
+            }
+            (Ok(Packet::Finish { receiver, body }), Role::Responder) if receiver == self.local_index => {
+                if self.hs.is_finished() {
+                    return Err(Error::Dropped(DropReason::UnexpectedHandshake));
+                }
+                self.hs.read_message(body)?;
+                Ok(())
+            }
+            (Ok(Packet::Hello { .. }), Role::Responder) if self.hello_digest == Some(digest(packet)) => {
+                // Our answer was lost: send it again.
+                self.outbox = self.last_response.clone();
+                Ok(())
+            }
+            (Err(_), _) => Err(Error::Dropped(DropReason::Malformed)),
+            _ => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
+        }
+    }
+
+    /// The next packet to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if let Some(p) = self.outbox.take() {
+            return Some(p);
+        }
+        let r = self.retransmit.as_mut()?;
+        core::mem::take(&mut r.due).then(|| r.packet.clone())
+    }
+
+    /// When to call [`DatagramHandshake::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.hs.error().is_some() {
+            return None;
+        }
+        Some(self.retransmit.as_ref().map_or(self.deadline, |r| r.at.min(self.deadline)))
+    }
+
+    /// Retransmits on schedule; fails with [`HandshakeError::Timeout`] at the deadline.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
+        if let Some(e) = self.hs.error() {
+            return Err(e);
+        }
+        if now >= self.deadline && !self.hs.is_finished() {
+            return Err(self.hs.expire());
+        }
+        if let Some(r) = &mut self.retransmit {
+            r.tick(now, self.config.max_rto_ms);
+        }
+        Ok(())
+    }
+
+    /// Consumes the finished handshake into a session.
+    pub fn into_session(self, now: Timestamp) -> Result<DatagramSession, Error> {
+        let remote = self.remote_index.ok_or(HandshakeError::UnexpectedMessage)?;
+        let role = self.hs.role();
+        let mut s = DatagramSession::new(self.hs, self.local_index, remote, self.config, now)?;
+        match role {
+            Role::Initiator => {
+                // XX: FINISH goes out now and again until the responder proves it has the
+                // session with an authenticated packet.
+                if let Some(finish) = self.finish {
+                    let mut r = Retransmit::new(finish, now, &self.config);
+                    r.due = true;
+                    s.unconfirmed = Some(r);
+                }
+            }
+            Role::Responder if s.setup.profile.message_count() == 2 => {
+                // IK, KK: our message 2 may be lost; answer a repeated HELLO from this cache
+                // until the device's first authenticated packet arrives.
+                s.response_cache = self.hello_digest.zip(self.last_response);
+            }
+            // XX: confirm to the device at once that its FINISH arrived.
+            Role::Responder => s.pending_ping = true,
+        }
+        Ok(s)
+    }
+}
+
+enum ClientState {
+    Handshaking(Box<DatagramHandshake>),
+    Established(Box<DatagramSession>),
+    Failed(Error),
+}
+
+/// The device's side of datagram mode: handshake, retransmission, session.
+pub struct DatagramClient {
+    state: ClientState,
+    incoming: VecDeque<Incoming>,
+    events: EventQueue,
+    scratch: BytesMut,
+}
+
+impl core::fmt::Debug for DatagramClient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DatagramClient").field("established", &self.is_established()).finish_non_exhaustive()
+    }
+}
+
+impl DatagramClient {
+    /// Starts a handshake; the HELLO is ready in [`DatagramClient::poll_transmit`].
+    pub fn new(
+        config: InitiatorConfig,
+        local_index: u32,
+        dconfig: DatagramConfig,
+        now: Timestamp,
+    ) -> Result<Self, Error> {
+        Ok(DatagramClient {
+            state: ClientState::Handshaking(Box::new(DatagramHandshake::initiator(
+                config,
+                local_index,
+                dconfig,
+                now,
+            )?)),
+            incoming: VecDeque::new(),
+            events: EventQueue::default(),
+            scratch: BytesMut::new(),
+        })
+    }
+
+    /// Whether the session is up.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, ClientState::Established(_))
+    }
+
+    /// The session, once up.
+    pub fn session(&self) -> Option<&DatagramSession> {
+        match &self.state {
+            ClientState::Established(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The error that ended the client.
+    pub fn error(&self) -> Option<Error> {
+        match &self.state {
+            ClientState::Failed(e) => Some(*e),
+            ClientState::Established(s) => s.error(),
+            ClientState::Handshaking(h) => h.error(),
+        }
+    }
+
+    /// Takes one packet from the link. Drops return [`Error::Dropped`] (not fatal).
+    pub fn handle_packet(&mut self, packet: BytesMut, now: Timestamp) -> Result<(), Error> {
+        let result = match &mut self.state {
+            ClientState::Failed(e) => Err(*e),
+            ClientState::Handshaking(h) => {
+                let r = h.handle_packet(&packet, now);
+                self.advance(now);
+                r
+            }
+            ClientState::Established(s) => match Packet::decode(&packet) {
+                Ok(Packet::Transport { .. }) => s.open(packet, now).map(|i| self.incoming.push_back(i)),
+                // A duplicate RESPONSE after the session started: harmless.
+                Ok(_) => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
+                Err(_) => Err(Error::Dropped(DropReason::Malformed)),
+            },
+        };
+        self.collect(now);
+        result
+    }
+
+    fn advance(&mut self, now: Timestamp) {
+        let ClientState::Handshaking(h) = &mut self.state else { return };
+        if let Some(e) = h.error() {
+            while let Some(ev) = h.poll_event(now) {
+                self.events.push(ev.kind);
+            }
+            self.state = ClientState::Failed(e);
+            return;
+        }
+        if h.is_finished() {
+            let ClientState::Handshaking(h) =
+                core::mem::replace(&mut self.state, ClientState::Failed(Error::Closed))
+            else {
+                return;
+            };
+            self.state = match h.into_session(now) {
+                Ok(s) => ClientState::Established(Box::new(s)),
+                Err(e) => ClientState::Failed(e),
+            };
+        }
+    }
+
+    fn collect(&mut self, now: Timestamp) {
+        if let ClientState::Established(s) = &mut self.state {
+            while let Some(e) = s.poll_event(now) {
+                self.events.peer = e.peer;
+                self.events.device_id = e.device_id.clone();
+                self.events.push(e.kind);
+            }
+        }
+    }
+
+    /// The next packet to send.
+    pub fn poll_transmit(&mut self, now: Timestamp) -> Option<Vec<u8>> {
+        match &mut self.state {
+            ClientState::Handshaking(h) => h.poll_transmit(),
+            ClientState::Established(s) => {
+                self.scratch.clear();
+                s.poll_transmit(now, &mut self.scratch).then(|| self.scratch.to_vec())
+            }
+            ClientState::Failed(_) => None,
+        }
+    }
+
+    /// The next received message.
+    pub fn poll_incoming(&mut self) -> Option<Incoming> {
+        self.incoming.pop_front()
+    }
+
+    /// Sends DATA; returns the packet to put on the link.
+    pub fn send(&mut self, channel: u8, payload: &[u8], now: Timestamp) -> Result<Vec<u8>, Error> {
+        match &mut self.state {
+            ClientState::Established(s) => {
+                self.scratch.clear();
+                let r = s.seal_data(channel, payload, now, &mut self.scratch).map(|()| self.scratch.to_vec());
+                self.collect(now);
+                r
+            }
+            ClientState::Handshaking(_) => Err(Error::Config("the session is not established yet")),
+            ClientState::Failed(e) => Err(*e),
+        }
+    }
+
+    /// When to call [`DatagramClient::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match &self.state {
+            ClientState::Handshaking(h) => h.poll_timeout(),
+            ClientState::Established(s) => s.poll_timeout(),
+            ClientState::Failed(_) => None,
+        }
+    }
+
+    /// Runs timers.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
+        let r = match &mut self.state {
+            ClientState::Handshaking(h) => {
+                let r = h.handle_timeout(now);
+                self.advance(now);
+                r
+            }
+            ClientState::Established(s) => s.handle_timeout(now),
+            ClientState::Failed(e) => Err(*e),
+        };
+        self.collect(now);
+        r
+    }
+
+    /// The next security event.
+    pub fn poll_event(&mut self, now: Timestamp) -> Option<SecurityEvent> {
+        self.collect(now);
+        self.events.poll(now)
+    }
+}
+
+/// Limits of a [`DatagramHost`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Most handshakes in progress at once.
+    pub max_half_open: usize,
+    /// Most established sessions.
+    pub max_sessions: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits { max_half_open: 256, max_sessions: 4096 }
+    }
+}
+
+enum Conn<A> {
+    Handshaking { hs: Box<DatagramHandshake>, addr: A },
+    Established { session: Box<DatagramSession>, addr: A },
+    Failed,
+}
+
+/// Received data at a host: which session, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIncoming {
+    /// The session's local index.
+    pub index: u32,
+    /// The device's static key.
+    pub peer: PublicKey,
+    /// What arrived.
+    pub incoming: Incoming,
+}
+
+/// Most host-level events kept undrained.
+const HOST_EVENT_CAPACITY: usize = 1024;
+
+/// A host serving many devices on one datagram socket. `A` is the link address type (a
+/// `SocketAddr` for UDP); a session's address follows its last authenticated packet.
+pub struct DatagramHost<A> {
+    make_config: Box<dyn Fn() -> ResponderConfig + Send + Sync>,
+    config: DatagramConfig,
+    limits: HostLimits,
+    conns: BTreeMap<u32, Conn<A>>,
+    hellos: BTreeMap<[u8; 32], u32>,
+    entropy: Box<dyn EntropySource>,
+    outbox: VecDeque<(A, Vec<u8>)>,
+    incoming: VecDeque<HostIncoming>,
+    events: VecDeque<SecurityEvent>,
+    counters: SecurityCounters,
+    scratch: BytesMut,
+}
+
+impl<A: Clone + PartialEq> DatagramHost<A> {
+    /// A host; `make_config` builds the responder configuration for each new handshake.
+    pub fn new(
+        make_config: Box<dyn Fn() -> ResponderConfig + Send + Sync>,
+        config: DatagramConfig,
+        limits: HostLimits,
+        entropy: Box<dyn EntropySource>,
+    ) -> Self {
+        DatagramHost {
+            make_config,
+            config,
+            limits,
+            conns: BTreeMap::new(),
+            hellos: BTreeMap::new(),
+            entropy,
+            outbox: VecDeque::new(),
+            incoming: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: SecurityCounters::default(),
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// Established sessions.
+    pub fn session_count(&self) -> usize {
+        self.conns.values().filter(|c| matches!(c, Conn::Established { .. })).count()
+    }
+
+    /// Handshakes in progress.
+    pub fn half_open_count(&self) -> usize {
+        self.conns.len() - self.session_count()
+    }
+
+    /// A session by index.
+    pub fn session(&self, index: u32) -> Option<&DatagramSession> {
+        match self.conns.get(&index) {
+            Some(Conn::Established { session, .. }) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Cumulative counters over every session and handshake so far.
+    pub fn security_counters(&self) -> SecurityCounters {
+        self.counters
+    }
+
+    fn record(&mut self, e: SecurityEvent) {
+        let mut q = EventQueue::default();
+        q.push(e.kind);
+        self.counters.add(&q.counters);
+        if self.events.len() >= HOST_EVENT_CAPACITY {
+            self.events.pop_front();
+            self.counters.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn host_event(&mut self, kind: EventKind, now: Timestamp) {
+        let mut q = EventQueue::default();
+        q.push(kind);
+        if let Some(e) = q.poll(now) {
+            self.record(e);
+        }
+    }
+
+    fn fresh_index(&mut self) -> u32 {
+        loop {
+            let mut b = [0u8; 4];
+            let _ = self.entropy.fill(&mut b);
+            let index = u32::from_be_bytes(b);
+            if index != 0 && !self.conns.contains_key(&index) {
+                return index;
+            }
+        }
+    }
+
+    /// Takes one datagram from `from`. Returns an error for a dropped packet (not fatal).
+    pub fn handle_packet(&mut self, from: A, packet: BytesMut, now: Timestamp) -> Result<(), Error> {
+        let parsed = Packet::decode(&packet).map_err(|_| Error::Dropped(DropReason::Malformed))?;
+        let result = match parsed {
+            Packet::Hello { .. } => self.handle_hello(from, &packet, now),
+            Packet::Finish { receiver, .. } | Packet::Transport { receiver, .. } => {
+                self.handle_for(receiver, from, packet, now)
+            }
+            Packet::Response { .. } => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
+        };
+        self.collect(now);
+        result
+    }
+
+    fn handle_hello(&mut self, from: A, packet: &[u8], now: Timestamp) -> Result<(), Error> {
+        let d = digest(packet);
+        if let Some(&index) = self.hellos.get(&d) {
+            // A retransmitted HELLO: answer from the cache.
+            return match self.conns.get_mut(&index) {
+                Some(Conn::Handshaking { hs, .. }) => hs.handle_packet(packet, now),
+                Some(Conn::Established { session, .. }) => {
+                    session.handle_duplicate_handshake(&d);
+                    Ok(())
+                }
+                _ => Err(Error::Dropped(DropReason::UnknownIndex)),
+            };
+        }
+        if self.half_open_count() >= self.limits.max_half_open {
+            self.host_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes }, now);
+            return Err(Error::Dropped(DropReason::Limit));
+        }
+        if self.session_count() >= self.limits.max_sessions {
+            self.host_event(EventKind::LimitExceeded { limit: Limit::Sessions }, now);
+            return Err(Error::Dropped(DropReason::Limit));
+        }
+        let index = self.fresh_index();
+        match DatagramHandshake::responder((self.make_config)(), index, self.config, packet, now) {
+            Ok(hs) => {
+                self.hellos.insert(d, index);
+                let conn = self.promote(Conn::Handshaking { hs: Box::new(hs), addr: from }, now);
+                self.conns.insert(index, conn);
+                Ok(())
+            }
+            Err((e, reject, hs)) => {
+                if let Some(r) = reject {
+                    self.outbox.push_back((from, r));
+                }
+                if let Some(mut hs) = hs {
+                    while let Some(ev) = hs.poll_event(now) {
+                        self.record(ev);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends what a handshake queued and moves a finished one into an established session.
+    fn promote(&mut self, conn: Conn<A>, now: Timestamp) -> Conn<A> {
+        let Conn::Handshaking { mut hs, addr } = conn else { return conn };
+        if let Some(p) = hs.poll_transmit() {
+            self.outbox.push_back((addr.clone(), p));
+        }
+        if !hs.is_finished() {
+            return Conn::Handshaking { hs, addr };
+        }
+        let mut hs = *hs;
+        let mut events = Vec::new();
+        while let Some(e) = hs.poll_event(now) {
+            events.push(e);
+        }
+        let conn = match hs.into_session(now) {
+            Ok(session) => Some(Conn::Established { session: Box::new(session), addr }),
+            Err(_) => None,
+        };
+        for e in events {
+            self.record(e);
+        }
+        // A handshake that finished but could not become a session has already failed; keep
+        // a failed stand-in so the caller removes it.
+        conn.unwrap_or_else(|| Conn::Failed)
+    }
+
+    fn handle_for(&mut self, index: u32, from: A, packet: BytesMut, now: Timestamp) -> Result<(), Error> {
+        let Some(mut conn) = self.conns.remove(&index) else {
+            return Err(Error::Dropped(DropReason::UnknownIndex));
+        };
+        let result = match &mut conn {
+            Conn::Failed => Err(Error::Dropped(DropReason::UnknownIndex)),
+            Conn::Handshaking { hs, .. } => hs.handle_packet(&packet, now),
+            Conn::Established { session, addr } => match Packet::decode(&packet) {
+                Ok(Packet::Transport { .. }) => match session.open(packet, now) {
+                    Ok(incoming) => {
+                        // Roaming: the session follows its last authenticated packet.
+                        *addr = from;
+                        let peer = *session.remote_static();
+                        self.incoming.push_back(HostIncoming { index, peer, incoming });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Ok(Packet::Finish { .. }) => {
+                    session.handle_duplicate_handshake(&digest(&packet));
+                    Ok(())
+                }
+                _ => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
+            },
+        };
+        let conn = self.promote(conn, now);
+        let dead = match &conn {
+            Conn::Handshaking { hs, .. } => hs.error().is_some(),
+            Conn::Established { session, .. } => session.is_closed(),
+            Conn::Failed => true,
+        };
+        self.conns.insert(index, conn);
+        if dead {
+            self.collect(now);
+            self.remove(index);
+        }
+        result
+    }
+
+    fn remove(&mut self, index: u32) {
+        self.conns.remove(&index);
+        self.hellos.retain(|_, i| *i != index);
+    }
+
+    /// Drains events and queued packets of every connection.
+    fn collect(&mut self, now: Timestamp) {
+        let mut events = Vec::new();
+        for conn in self.conns.values_mut() {
+            match conn {
+                Conn::Failed => {}
+                Conn::Handshaking { hs, addr } => {
+                    while let Some(e) = hs.poll_event(now) {
+                        events.push(e);
+                    }
+                    if let Some(p) = hs.poll_transmit() {
+                        self.outbox.push_back((addr.clone(), p));
+                    }
+                }
+                Conn::Established { session, addr } => {
+                    while let Some(e) = session.poll_event(now) {
+                        events.push(e);
+                    }
+                    loop {
+                        self.scratch.clear();
+                        if !session.poll_transmit(now, &mut self.scratch) {
+                            break;
+                        }
+                        self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
+                    }
+                }
+            }
+        }
+        for e in events {
+            self.record(e);
+        }
+    }
+
+    /// Sends DATA to a session.
+    pub fn send(&mut self, index: u32, channel: u8, payload: &[u8], now: Timestamp) -> Result<(), Error> {
+        let Some(Conn::Established { session, addr }) = self.conns.get_mut(&index) else {
+            return Err(Error::Dropped(DropReason::UnknownIndex));
+        };
+        self.scratch.clear();
+        session.seal_data(channel, payload, now, &mut self.scratch)?;
+        self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
+        Ok(())
+    }
+
+    /// Closes a session (e.g. after its key was revoked), queueing a CLOSE.
+    pub fn close(&mut self, index: u32, code: CloseCode, now: Timestamp) -> Result<(), Error> {
+        let Some(Conn::Established { session, addr }) = self.conns.get_mut(&index) else {
+            return Err(Error::Dropped(DropReason::UnknownIndex));
+        };
+        self.scratch.clear();
+        session.close(code, now, &mut self.scratch)?;
+        self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
+        self.collect(now);
+        self.remove(index);
+        Ok(())
+    }
+
+    /// The next datagram to send, with its destination.
+    pub fn poll_transmit(&mut self) -> Option<(A, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next received message.
+    pub fn poll_incoming(&mut self) -> Option<HostIncoming> {
+        self.incoming.pop_front()
+    }
+
+    /// The next security event (already stamped).
+    pub fn poll_event(&mut self) -> Option<SecurityEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`DatagramHost::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.conns
+            .values()
+            .filter_map(|c| match c {
+                Conn::Handshaking { hs, .. } => hs.poll_timeout(),
+                Conn::Established { session, .. } => session.poll_timeout(),
+                Conn::Failed => None,
+            })
+            .min()
+    }
+
+    /// Runs every connection's timers; removes the ones that ended.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let mut ended = Vec::new();
+        for (index, conn) in self.conns.iter_mut() {
+            let failed = match conn {
+                Conn::Handshaking { hs, .. } => hs.handle_timeout(now).is_err(),
+                Conn::Established { session, .. } => {
+                    session.handle_timeout(now).is_err() || session.is_closed()
+                }
+                Conn::Failed => true,
+            };
+            if failed {
+                ended.push(*index);
+            }
+        }
+        self.collect(now);
+        for index in ended {
+            self.remove(index);
+        }
+    }
+}
+
+/// Splits datagrams into link packets of at most `mtu` bytes and reassembles them on the
+/// other side (spec §13.6): a point-to-point adapter for links like BLE GATT.
+#[derive(Debug)]
+pub struct FragmentLink {
+    mtu: usize,
+    next_id: u16,
+    reassembler: crate::fragment::Reassembler,
+}
+
+impl FragmentLink {
+    /// An adapter for a link MTU (at least 5 bytes: a 4-byte fragment header and 1 byte).
+    pub fn new(mtu: usize, limits: crate::fragment::ReassemblyLimits) -> Result<Self, Error> {
+        if mtu <= crate::fragment::FRAGMENT_HEADER_LEN {
+            return Err(Error::Config("the link MTU must exceed the 4-byte fragment header"));
+        }
+        Ok(FragmentLink { mtu, next_id: 0, reassembler: crate::fragment::Reassembler::new(limits) })
+    }
+
+    /// The link packets for one datagram.
+    pub fn split(&mut self, datagram: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+        self.next_id = self.next_id.wrapping_add(1);
+        crate::fragment::split(datagram, self.mtu - crate::fragment::FRAGMENT_HEADER_LEN, self.next_id)
+            .ok_or(Error::PayloadTooLarge { len: datagram.len(), max: 255 * (self.mtu - 4) })
+    }
+
+    /// Takes one link packet; returns a datagram when one is complete.
+    pub fn receive(
+        &mut self,
+        link_packet: &[u8],
+        now: Timestamp,
+    ) -> Result<Option<BytesMut>, crate::fragment::FragmentDrop> {
+        match self.reassembler.push(link_packet, now) {
+            crate::fragment::Reassembled::Pending => Ok(None),
+            crate::fragment::Reassembled::Complete(d) => Ok(Some(BytesMut::from(&d[..]))),
+            crate::fragment::Reassembled::Dropped(r) => Err(r),
+        }
+    }
+
+    /// Bytes held in partial datagrams.
+    pub fn buffered_bytes(&self) -> usize {
+        self.reassembler.buffered_bytes()
+    }
+
+    /// Expires partial datagrams.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.reassembler.handle_timeout(now);
+    }
+}
