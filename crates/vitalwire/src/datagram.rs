@@ -670,6 +670,18 @@ impl DatagramSession {
     }
 }
 
+/// A HELLO the host refused: why, the REJECT packet to send back (if the refusal has a
+/// reason to give), and the security events.
+#[derive(Debug)]
+pub struct RefusedHello {
+    /// Why.
+    pub error: Error,
+    /// The RESPONSE packet carrying a REJECT.
+    pub reject: Option<Vec<u8>>,
+    /// The handshake's events, stamped.
+    pub events: Vec<SecurityEvent>,
+}
+
 /// One side of a handshake over datagrams, with retransmission.
 pub struct DatagramHandshake {
     hs: Handshake,
@@ -744,10 +756,15 @@ impl DatagramHandshake {
         dconfig: DatagramConfig,
         hello: &[u8],
         now: Timestamp,
-    ) -> Result<Self, (Error, Option<Vec<u8>>, Option<Handshake>)> {
-        let mut hs = Handshake::responder(config).map_err(|e| (e, None, None))?;
+    ) -> Result<Self, RefusedHello> {
+        let refused = |error, reject, hs: Option<&mut Handshake>| {
+            let events =
+                hs.map(|hs| core::iter::from_fn(|| hs.poll_event(now)).collect()).unwrap_or_default();
+            RefusedHello { error, reject, events }
+        };
+        let mut hs = Handshake::responder(config).map_err(|e| refused(e, None, None))?;
         let Ok(Packet::Hello { sender, body }) = Packet::decode(hello) else {
-            return Err((Error::Dropped(DropReason::Malformed), None, Some(hs)));
+            return Err(refused(Error::Dropped(DropReason::Malformed), None, Some(&mut hs)));
         };
         let answer = |hs: &mut Handshake, index: u32| -> Option<Vec<u8>> {
             let body = next_body(hs).ok()?;
@@ -760,11 +777,11 @@ impl DatagramHandshake {
         };
         if let Err(e) = hs.read_message(body) {
             let reject = if hs.wants_write() { answer(&mut hs, 0) } else { None };
-            return Err((e, reject, Some(hs)));
+            return Err(refused(e, reject, Some(&mut hs)));
         }
         let Some(response) = answer(&mut hs, local_index) else {
             let e = hs.error().unwrap_or(Error::Handshake(HandshakeError::Noise));
-            return Err((e, None, Some(hs)));
+            return Err(refused(e, None, Some(&mut hs)));
         };
         Ok(DatagramHandshake {
             hs,
@@ -909,6 +926,7 @@ enum ClientState {
 /// The device's side of datagram mode: handshake, retransmission, session.
 pub struct DatagramClient {
     state: ClientState,
+    outbox: VecDeque<Vec<u8>>,
     incoming: VecDeque<Incoming>,
     events: EventQueue,
     scratch: BytesMut,
@@ -935,6 +953,7 @@ impl DatagramClient {
                 dconfig,
                 now,
             )?)),
+            outbox: VecDeque::new(),
             incoming: VecDeque::new(),
             events: EventQueue::default(),
             scratch: BytesMut::new(),
@@ -1015,13 +1034,18 @@ impl DatagramClient {
         }
     }
 
-    /// The next packet to send.
+    /// The next packet to send: handshake and control packets first (so an XX FINISH
+    /// precedes the data sealed after it), then queued data.
     pub fn poll_transmit(&mut self, now: Timestamp) -> Option<Vec<u8>> {
         match &mut self.state {
             ClientState::Handshaking(h) => h.poll_transmit(),
             ClientState::Established(s) => {
                 self.scratch.clear();
-                s.poll_transmit(now, &mut self.scratch).then(|| self.scratch.to_vec())
+                if s.poll_transmit(now, &mut self.scratch) {
+                    Some(self.scratch.to_vec())
+                } else {
+                    self.outbox.pop_front()
+                }
             }
             ClientState::Failed(_) => None,
         }
@@ -1032,12 +1056,15 @@ impl DatagramClient {
         self.incoming.pop_front()
     }
 
-    /// Sends DATA; returns the packet to put on the link.
-    pub fn send(&mut self, channel: u8, payload: &[u8], now: Timestamp) -> Result<Vec<u8>, Error> {
+    /// Seals DATA and queues the packet for [`DatagramClient::poll_transmit`].
+    pub fn send(&mut self, channel: u8, payload: &[u8], now: Timestamp) -> Result<(), Error> {
         match &mut self.state {
             ClientState::Established(s) => {
                 self.scratch.clear();
-                let r = s.seal_data(channel, payload, now, &mut self.scratch).map(|()| self.scratch.to_vec());
+                let r = s.seal_data(channel, payload, now, &mut self.scratch);
+                if r.is_ok() {
+                    self.outbox.push_back(self.scratch.to_vec());
+                }
                 self.collect(now);
                 r
             }
@@ -1247,16 +1274,14 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
                 self.conns.insert(index, conn);
                 Ok(())
             }
-            Err((e, reject, hs)) => {
-                if let Some(r) = reject {
+            Err(refused) => {
+                if let Some(r) = refused.reject {
                     self.outbox.push_back((from, r));
                 }
-                if let Some(mut hs) = hs {
-                    while let Some(ev) = hs.poll_event(now) {
-                        self.record(ev);
-                    }
+                for ev in refused.events {
+                    self.record(ev);
                 }
-                Err(e)
+                Err(refused.error)
             }
         }
     }

@@ -113,8 +113,9 @@ pub enum FragmentDrop {
     Malformed,
     /// The message would exceed the maximum size.
     TooLarge,
-    /// Too many partial messages already (the oldest is kept).
-    TooManyInFlight,
+    /// Too many partial messages: the oldest was evicted to make room (on a lossy link the
+    /// newest data is the most useful; memory stays bounded either way).
+    Evicted,
     /// Same index with different bytes, or a piece length inconsistent with the others: the
     /// whole partial message is discarded.
     Overlap,
@@ -229,7 +230,13 @@ impl Reassembler {
             Some(i) => i,
             None => {
                 if self.partial.len() >= self.limits.max_in_flight {
-                    return self.drop_with(FragmentDrop::TooManyInFlight);
+                    if self.limits.max_in_flight == 0 {
+                        return self.drop_with(FragmentDrop::Evicted);
+                    }
+                    let oldest =
+                        (0..self.partial.len()).min_by_key(|i| self.partial[*i].started).unwrap_or(0);
+                    self.partial.remove(oldest);
+                    self.drops += 1;
                 }
                 self.partial.push(Partial {
                     id: h.message_id,

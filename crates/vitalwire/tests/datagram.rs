@@ -1,0 +1,738 @@
+//! Datagram mode on a deterministic simulated link (seeded loss, duplication, reordering and
+//! delay, simulated time), small-MTU fragmentation, timers, and hostile input.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use common::*;
+use vitalwire::datagram::*;
+use vitalwire::fragment::ReassemblyLimits;
+use vitalwire::*;
+
+/// xorshift64*: deterministic randomness for the link.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A one-way lossy link: each packet is lost with `loss`, duplicated with `dup`, and delayed
+/// by `delay` plus up to `jitter` ms (so packets overtake each other).
+struct Link {
+    rng: Rng,
+    loss: f64,
+    dup: f64,
+    delay: u64,
+    jitter: u64,
+    queue: Vec<(u64, u64, Vec<u8>)>,
+    seq: u64,
+}
+
+impl Link {
+    fn new(seed: u64, loss: f64, dup: f64, jitter: u64) -> Self {
+        Link { rng: Rng(seed), loss, dup, delay: 5, jitter, queue: Vec::new(), seq: 0 }
+    }
+    fn perfect() -> Self {
+        Self::new(1, 0.0, 0.0, 0)
+    }
+    fn send(&mut self, now: u64, packet: Vec<u8>) {
+        if self.rng.chance(self.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = now + self.delay + self.rng.below(self.jitter + 1);
+            self.seq += 1;
+            self.queue.push((at, self.seq, packet.clone()));
+        }
+    }
+    fn due(&mut self, now: u64) -> Vec<Vec<u8>> {
+        self.queue.sort();
+        let n = self.queue.iter().take_while(|(at, _, _)| *at <= now).count();
+        self.queue.drain(..n).map(|(_, _, p)| p).collect()
+    }
+}
+
+fn host_keys() -> Keypair {
+    keys().host
+}
+
+fn dconfig() -> DatagramConfig {
+    DatagramConfig {
+        timers: TimerConfig {
+            keepalive_ms: Some(1_000),
+            dead_peer_ms: Some(30_000),
+            rekey_after_ms: None,
+            max_lifetime_ms: None,
+        },
+        ..DatagramConfig::default()
+    }
+}
+
+fn host(params: SessionParams, config: DatagramConfig) -> DatagramHost<u8> {
+    let k = keys();
+    let trust = trust(&k);
+    let psks = psks(&k);
+    DatagramHost::new(
+        Box::new(move || {
+            ResponderConfig::new(host_keys(), trust.clone()).params(params).psk_directory(psks.clone())
+        }),
+        config,
+        HostLimits::default(),
+        Box::new(OsEntropy),
+    )
+}
+
+fn client(profile: Profile, config: DatagramConfig, now: u64) -> DatagramClient {
+    let k = keys();
+    DatagramClient::new(
+        initiator_config(profile, CipherSuite::default(), &k),
+        0x0D0D_0001,
+        config,
+        Timestamp(now),
+    )
+    .unwrap()
+}
+
+/// What a run delivered.
+#[derive(Default)]
+struct Outcome {
+    delivered: Vec<u32>,
+    forged: usize,
+    time: u64,
+}
+
+/// Runs a device sending `frames` numbered frames (one per ms) through lossy links to a
+/// host; returns what the host received.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    profile: Profile,
+    frames: u32,
+    up: &mut Link,
+    down: &mut Link,
+    params: SessionParams,
+    config: DatagramConfig,
+    mtu: Option<usize>,
+    max_ms: u64,
+) -> (Outcome, DatagramClient, DatagramHost<u8>) {
+    let mut now = 0u64;
+    let mut dev = client(profile, config, now);
+    let mut h = host(params, config);
+    // One datagram per millisecond over a jittery link keeps many datagrams in flight.
+    let limits = ReassemblyLimits { max_in_flight: 32, timeout_ms: 2_000, ..ReassemblyLimits::default() };
+    let mut frag_up =
+        mtu.map(|m| (FragmentLink::new(m, limits).unwrap(), FragmentLink::new(m, limits).unwrap()));
+    let mut frag_down =
+        mtu.map(|m| (FragmentLink::new(m, limits).unwrap(), FragmentLink::new(m, limits).unwrap()));
+    let mut out = Outcome::default();
+    let mut next_frame = 0u32;
+    let send_link =
+        |link: &mut Link, frag: &mut Option<(FragmentLink, FragmentLink)>, now: u64, p: Vec<u8>| match frag {
+            Some((tx, _)) => {
+                for piece in tx.split(&p).unwrap() {
+                    assert!(piece.len() <= mtu.unwrap());
+                    link.send(now, piece);
+                }
+            }
+            None => link.send(now, p),
+        };
+    let recv_link =
+        |frag: &mut Option<(FragmentLink, FragmentLink)>, now: u64, p: Vec<u8>| -> Option<BytesMut> {
+            match frag {
+                Some((_, rx)) => rx.receive(&p, Timestamp(now)).ok().flatten(),
+                None => Some(BytesMut::from(&p[..])),
+            }
+        };
+    while now < max_ms {
+        // Device: send the next frame once established.
+        if dev.is_established() && next_frame < frames {
+            let payload = format!("frame {next_frame}");
+            dev.send(1, payload.as_bytes(), Timestamp(now)).unwrap();
+            next_frame += 1;
+        }
+        while let Some(p) = dev.poll_transmit(Timestamp(now)) {
+            send_link(up, &mut frag_up, now, p);
+        }
+        // Host.
+        for p in up.due(now) {
+            if let Some(d) = recv_link(&mut frag_up, now, p) {
+                let _ = h.handle_packet(7, d, Timestamp(now));
+            }
+        }
+        while let Some(inc) = h.poll_incoming() {
+            if let Incoming::Data { payload, .. } = inc.incoming {
+                let text = String::from_utf8(payload.to_vec()).unwrap();
+                match text.strip_prefix("frame ").and_then(|n| n.parse().ok()) {
+                    Some(n) => out.delivered.push(n),
+                    None => out.forged += 1,
+                }
+            }
+        }
+        if h.poll_timeout().is_some_and(|t| t.0 <= now) {
+            h.handle_timeout(Timestamp(now));
+        }
+        while let Some((_, p)) = h.poll_transmit() {
+            send_link(down, &mut frag_down, now, p);
+        }
+        // Device receives.
+        for p in down.due(now) {
+            if let Some(d) = recv_link(&mut frag_down, now, p) {
+                let _ = dev.handle_packet(d, Timestamp(now));
+            }
+        }
+        if dev.poll_timeout().is_some_and(|t| t.0 <= now) {
+            let _ = dev.handle_timeout(Timestamp(now));
+        }
+        if frames > 0 && next_frame == frames && up.queue.is_empty() && down.queue.is_empty() && now > 100 {
+            break;
+        }
+        now += 1;
+    }
+    out.time = now;
+    (out, dev, h)
+}
+
+fn params(rekey_interval: u32) -> SessionParams {
+    SessionParams { max_frame_len: 1024, rekey_interval, ..SessionParams::default() }
+}
+
+#[test]
+fn perfect_link_delivers_everything_in_order_for_every_profile() {
+    for profile in Profile::ALL {
+        let (out, dev, mut h) = run(
+            profile,
+            500,
+            &mut Link::perfect(),
+            &mut Link::perfect(),
+            params(100),
+            dconfig(),
+            None,
+            10_000,
+        );
+        assert_eq!(out.delivered, (0..500).collect::<Vec<_>>(), "{profile}");
+        assert_eq!(out.forged, 0);
+        let s = dev.session().unwrap();
+        assert!(s.tx_epoch() >= 4, "{profile}: rekeyed by count");
+        assert_eq!(h.session_count(), 1);
+        assert!(s.is_confirmed());
+        let events: Vec<_> = std::iter::from_fn(|| h.poll_event()).collect();
+        assert!(events.iter().any(|e| matches!(e.kind, EventKind::SessionEstablished { .. })));
+    }
+}
+
+#[test]
+fn lossy_link_delivers_at_most_once_authentic_frames_across_rekeys() {
+    for (seed, profile) in [(11u64, Profile::Ik), (12, Profile::Xx)] {
+        let mut up = Link::new(seed, 0.20, 0.10, 40);
+        let mut down = Link::new(seed + 100, 0.20, 0.10, 40);
+        let (out, dev, h) = run(profile, 10_000, &mut up, &mut down, params(500), dconfig(), None, 60_000);
+        let unique: BTreeSet<u32> = out.delivered.iter().copied().collect();
+        assert_eq!(unique.len(), out.delivered.len(), "{profile}: a frame was delivered twice");
+        assert_eq!(out.forged, 0, "every delivered frame is authentic");
+        assert!(unique.iter().all(|n| *n < 10_000));
+        // About 80% arrive; the rest were lost on the link, not refused.
+        assert!(
+            out.delivered.len() > 7_500 && out.delivered.len() < 8_500,
+            "{profile}: {}",
+            out.delivered.len()
+        );
+        let s = dev.session().expect("the session survived");
+        assert!(s.error().is_none());
+        assert!(s.tx_epoch() >= 15, "{profile}: several rekeys ({})", s.tx_epoch());
+        let c = h.security_counters();
+        assert!(c.replays > 100, "{profile}: duplicates were refused by the window ({})", c.replays);
+        assert_eq!(c.authentication_failures, 0);
+    }
+}
+
+#[test]
+fn handshake_and_data_over_a_20_byte_mtu() {
+    for profile in [Profile::Xx, Profile::Ik, Profile::XxPsk3] {
+        let (out, dev, _) = run(
+            profile,
+            200,
+            &mut Link::perfect(),
+            &mut Link::perfect(),
+            params(1000),
+            dconfig(),
+            Some(20),
+            20_000,
+        );
+        assert!(dev.is_established(), "{profile}");
+        assert_eq!(out.delivered, (0..200).collect::<Vec<_>>(), "{profile}");
+    }
+    // And with loss on the small MTU: whole datagrams are lost when a fragment is, the
+    // handshake still completes by retransmission, and nothing arrives twice.
+    let mut up = Link::new(5, 0.05, 0.05, 10);
+    let mut down = Link::new(6, 0.05, 0.05, 10);
+    let (out, dev, _) = run(Profile::Ik, 300, &mut up, &mut down, params(1000), dconfig(), Some(20), 60_000);
+    assert!(dev.is_established());
+    let unique: BTreeSet<u32> = out.delivered.iter().copied().collect();
+    assert_eq!(unique.len(), out.delivered.len());
+    assert!(out.delivered.len() > 100);
+}
+
+#[test]
+fn timers_fire_in_simulated_time() {
+    // Keepalive: an idle device pings every second; the host answers.
+    let config = DatagramConfig {
+        timers: TimerConfig {
+            keepalive_ms: Some(1_000),
+            dead_peer_ms: Some(5_000),
+            rekey_after_ms: Some(2_000),
+            max_lifetime_ms: None,
+        },
+        ..DatagramConfig::default()
+    };
+    let (_, dev, _) =
+        run(Profile::Ik, 0, &mut Link::perfect(), &mut Link::perfect(), params(1 << 20), config, None, 4_500);
+    let s = dev.session().unwrap();
+    let (sent, received) = s.packet_counts();
+    assert!(sent >= 4, "keepalive PINGs ({sent})");
+    assert!(received >= 4, "PONGs back ({received})");
+    assert!(s.tx_epoch() >= 2, "rekey by time ({})", s.tx_epoch());
+    assert!(s.error().is_none(), "the keepalives keep the session alive");
+
+    // Dead peer: the host vanishes after the handshake.
+    let mut now = 0;
+    let mut dev = client(Profile::Ik, config, now);
+    let mut h = host(params(1 << 20), config);
+    let hello = dev.poll_transmit(Timestamp(now)).unwrap();
+    h.handle_packet(1, BytesMut::from(&hello[..]), Timestamp(now)).unwrap();
+    let (_, resp) = h.poll_transmit().unwrap();
+    dev.handle_packet(BytesMut::from(&resp[..]), Timestamp(now)).unwrap();
+    assert!(dev.is_established());
+    while dev.error().is_none() && now < 10_000 {
+        now = dev.poll_timeout().unwrap().0;
+        let _ = dev.handle_timeout(Timestamp(now));
+        while dev.poll_transmit(Timestamp(now)).is_some() {}
+    }
+    assert_eq!(dev.error(), Some(Error::DeadPeer));
+    assert_eq!(now, 5_000, "exactly the dead-peer timeout after the last packet");
+    let events: Vec<_> = std::iter::from_fn(|| dev.poll_event(Timestamp(now))).collect();
+    assert!(events.iter().any(|e| e.kind == EventKind::TimerExpired { timer: Timer::DeadPeer }));
+
+    // Lifetime: the session ends at its maximum age even while traffic flows.
+    let config = DatagramConfig {
+        timers: TimerConfig {
+            keepalive_ms: Some(100),
+            dead_peer_ms: None,
+            rekey_after_ms: None,
+            max_lifetime_ms: Some(3_000),
+        },
+        ..DatagramConfig::default()
+    };
+    let (_, mut dev, _) =
+        run(Profile::Ik, 0, &mut Link::perfect(), &mut Link::perfect(), params(1 << 20), config, None, 4_000);
+    // Both ends reach the limit at 3 s; whichever acts first closes, the other hears why.
+    assert!(dev.session().unwrap().is_closed());
+    let events: Vec<_> = std::iter::from_fn(|| dev.poll_event(Timestamp(4_000))).map(|e| e.kind).collect();
+    assert!(
+        events.contains(&EventKind::TimerExpired { timer: Timer::Lifetime })
+            || events.contains(&EventKind::SessionClosed { code: CloseCode::SESSION_EXPIRED, by_peer: true }),
+        "{events:?}"
+    );
+
+    // Handshake timeout: nobody answers; the HELLO is retransmitted with backoff, then the
+    // client gives up at the deadline.
+    let config =
+        DatagramConfig { handshake_timeout_ms: 10_000, initial_rto_ms: 500, max_rto_ms: 4_000, ..dconfig() };
+    let mut dev = client(Profile::Xx, config, 0);
+    let mut sends = Vec::new();
+    let mut now = 0;
+    while dev.error().is_none() {
+        while dev.poll_transmit(Timestamp(now)).is_some() {
+            sends.push(now);
+        }
+        now = dev.poll_timeout().unwrap().0;
+        let _ = dev.handle_timeout(Timestamp(now));
+    }
+    assert_eq!(sends, vec![0, 500, 1_500, 3_500, 7_500], "exponential backoff");
+    assert_eq!(now, 10_000);
+    assert_eq!(dev.error(), Some(Error::Handshake(HandshakeError::Timeout)));
+}
+
+/// Seals DATA on the client and takes the packet.
+trait SendNow {
+    fn send_now(&mut self, channel: u8, payload: &[u8], now: Timestamp) -> Vec<u8>;
+}
+
+impl SendNow for DatagramClient {
+    fn send_now(&mut self, channel: u8, payload: &[u8], now: Timestamp) -> Vec<u8> {
+        self.send(channel, payload, now).unwrap();
+        let mut last = None;
+        while let Some(p) = self.poll_transmit(now) {
+            last = Some(p);
+        }
+        last.unwrap()
+    }
+}
+
+fn established() -> (DatagramClient, DatagramHost<u8>, u32) {
+    let mut dev = client(Profile::Ik, dconfig(), 0);
+    let mut h = host(params(100), dconfig());
+    let hello = dev.poll_transmit(Timestamp(0)).unwrap();
+    h.handle_packet(1, BytesMut::from(&hello[..]), Timestamp(0)).unwrap();
+    let (_, resp) = h.poll_transmit().unwrap();
+    dev.handle_packet(BytesMut::from(&resp[..]), Timestamp(0)).unwrap();
+    let index = dev.session().unwrap().remote_index();
+    (dev, h, index)
+}
+
+#[test]
+fn replays_forgeries_and_stale_packets_are_dropped_and_traffic_continues() {
+    let (mut dev, mut h, _) = established();
+    let p1 = dev.send_now(1, b"one", Timestamp(1));
+    let p2 = dev.send_now(1, b"two", Timestamp(1));
+    assert!(h.handle_packet(1, BytesMut::from(&p2[..]), Timestamp(2)).is_ok());
+    assert!(h.handle_packet(1, BytesMut::from(&p1[..]), Timestamp(2)).is_ok(), "reordered within the window");
+    assert_eq!(
+        h.handle_packet(1, BytesMut::from(&p1[..]), Timestamp(2)),
+        Err(Error::Dropped(DropReason::Replay))
+    );
+    // A forged packet with a far-ahead counter does not move the window or the keys.
+    let mut forged = p2.clone();
+    forged[5..13].copy_from_slice(&(5_000u64).to_be_bytes());
+    assert_eq!(
+        h.handle_packet(1, BytesMut::from(&forged[..]), Timestamp(3)),
+        Err(Error::Dropped(DropReason::AuthenticationFailed))
+    );
+    let mut far = p2.clone();
+    far[5..13].copy_from_slice(&(u64::MAX - 5).to_be_bytes());
+    assert_eq!(
+        h.handle_packet(1, BytesMut::from(&far[..]), Timestamp(3)),
+        Err(Error::Dropped(DropReason::StaleKey))
+    );
+    let mut flipped = dev.send_now(1, b"tampered", Timestamp(3));
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert_eq!(
+        h.handle_packet(1, BytesMut::from(&flipped[..]), Timestamp(3)),
+        Err(Error::Dropped(DropReason::AuthenticationFailed))
+    );
+    // Unknown index, garbage, truncation.
+    let mut other = p2.clone();
+    other[1] ^= 0xFF;
+    assert_eq!(
+        h.handle_packet(1, BytesMut::from(&other[..]), Timestamp(3)),
+        Err(Error::Dropped(DropReason::UnknownIndex))
+    );
+    for cut in 0..p2.len() {
+        let _ = h.handle_packet(1, BytesMut::from(&p2[..cut]), Timestamp(3));
+    }
+    assert!(h.handle_packet(1, BytesMut::from(&b"\xff garbage"[..]), Timestamp(3)).is_err());
+    // Legitimate traffic still flows.
+    let p3 = dev.send_now(1, b"three", Timestamp(4));
+    h.handle_packet(1, BytesMut::from(&p3[..]), Timestamp(4)).unwrap();
+    let got: Vec<_> = std::iter::from_fn(|| h.poll_incoming()).map(|i| i.incoming).collect();
+    assert_eq!(got.len(), 3, "one, two, three; nothing forged or replayed");
+    let c = h.security_counters();
+    // The replay, and the truncated copies of an accepted packet (refused by the window
+    // before any decryption work).
+    assert!(c.replays >= 1);
+    assert!(c.authentication_failures >= 2);
+    // Too old for the window.
+    let (mut dev, mut h, _) = established();
+    let old = dev.send_now(1, b"old", Timestamp(1));
+    for i in 0..1100 {
+        let p = dev.send_now(1, format!("{i}").as_bytes(), Timestamp(1));
+        h.handle_packet(1, BytesMut::from(&p[..]), Timestamp(1)).unwrap();
+    }
+    assert!(matches!(
+        h.handle_packet(1, BytesMut::from(&old[..]), Timestamp(2)),
+        Err(Error::Dropped(DropReason::TooOld | DropReason::StaleKey))
+    ));
+}
+
+#[test]
+fn previous_key_is_kept_for_the_grace_period_then_erased() {
+    let (mut dev, mut h, _) = established();
+    // rekey_interval is 100: packets 0..99 are epoch 0.
+    let late = dev.send_now(1, b"late", Timestamp(0));
+    dev_rekey(&mut dev);
+    let newer = dev.send_now(1, b"new epoch", Timestamp(1));
+    h.handle_packet(1, BytesMut::from(&newer[..]), Timestamp(1)).unwrap();
+    // Within the grace period the in-flight packet of the old epoch still opens.
+    let copy = late.clone();
+    h.handle_packet(1, BytesMut::from(&late[..]), Timestamp(1_000)).unwrap();
+    // After it, the old key is gone.
+    let (mut dev, mut h, _) = established();
+    let late = dev.send_now(1, b"late", Timestamp(0));
+    dev_rekey(&mut dev);
+    let newer = dev.send_now(1, b"new", Timestamp(1));
+    h.handle_packet(1, BytesMut::from(&newer[..]), Timestamp(1)).unwrap();
+    assert_eq!(
+        h.handle_packet(1, BytesMut::from(&late[..]), Timestamp(6_000)),
+        Err(Error::Dropped(DropReason::StaleKey))
+    );
+    drop(copy);
+}
+
+/// Moves the client's sending key to the next epoch by sending through the interval.
+fn dev_rekey(dev: &mut DatagramClient) {
+    let epoch = dev.session().unwrap().tx_epoch();
+    while dev.session().unwrap().tx_epoch() == epoch {
+        let _ = dev.send_now(2, b"filler", Timestamp(0));
+    }
+}
+
+#[test]
+fn handshake_duplicates_are_harmless_and_floods_are_bounded() {
+    let mut dev = client(Profile::Ik, dconfig(), 0);
+    let mut h = host(params(100), dconfig());
+    let hello = dev.poll_transmit(Timestamp(0)).unwrap();
+    for _ in 0..5 {
+        h.handle_packet(1, BytesMut::from(&hello[..]), Timestamp(0)).unwrap();
+    }
+    assert_eq!(h.session_count() + h.half_open_count(), 1, "one HELLO, one session");
+    let answers: Vec<_> = std::iter::from_fn(|| h.poll_transmit()).collect();
+    assert_eq!(answers.len(), 5, "each duplicate is answered from the cache");
+    assert!(answers.windows(2).all(|w| w[0].1 == w[1].1), "with the same bytes");
+    for (_, a) in &answers {
+        let _ = dev.handle_packet(BytesMut::from(&a[..]), Timestamp(1));
+    }
+    assert!(dev.is_established());
+
+    // A flood of distinct HELLOs (each a real XX message 1) fills at most max_half_open slots.
+    let limits = HostLimits { max_half_open: 16, max_sessions: 100 };
+    let k = keys();
+    let trust = trust(&k);
+    let mut h: DatagramHost<u8> = DatagramHost::new(
+        Box::new(move || ResponderConfig::new(host_keys(), trust.clone())),
+        dconfig(),
+        limits,
+        Box::new(OsEntropy),
+    );
+    let mut refused = 0;
+    for i in 0..200u32 {
+        let c = DatagramClient::new(
+            InitiatorConfig::new(Profile::Xx, Keypair::generate().unwrap(), DeviceIdentity::new("x")),
+            i,
+            dconfig(),
+            Timestamp(0),
+        );
+        let mut c = c.unwrap();
+        let p = c.poll_transmit(Timestamp(0)).unwrap();
+        if h.handle_packet(2, BytesMut::from(&p[..]), Timestamp(0)) == Err(Error::Dropped(DropReason::Limit))
+        {
+            refused += 1;
+        }
+        assert!(h.half_open_count() <= 16);
+    }
+    assert_eq!(refused, 184);
+    assert!(std::iter::from_fn(|| h.poll_event())
+        .any(|e| e.kind == EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes }));
+    // Half-open handshakes time out and free their slots.
+    h.handle_timeout(Timestamp(31_000));
+    assert_eq!(h.half_open_count(), 0);
+}
+
+#[test]
+fn fragment_flood_stays_within_the_reassembly_bound() {
+    let limits = ReassemblyLimits { max_message_len: 2048, max_in_flight: 4, timeout_ms: 1_000 };
+    let mut link = FragmentLink::new(20, limits).unwrap();
+    let mut rng = Rng(99);
+    let mut peak = 0;
+    for i in 0..50_000u64 {
+        // Random headers: first pieces of many messages, lies about counts, overlaps.
+        let id = rng.below(300) as u16;
+        let count = 1 + rng.below(255) as u8;
+        let index = rng.below(count as u64) as u8;
+        let mut p = vec![(id >> 8) as u8, id as u8, index, count];
+        p.extend((0..rng.below(17)).map(|_| rng.next() as u8));
+        let _ = link.receive(&p, Timestamp(i / 10));
+        peak = peak.max(link.buffered_bytes());
+        assert!(link.buffered_bytes() <= limits.memory_bound());
+    }
+    assert!(peak > 0, "the flood did reach the reassembler");
+    link.handle_timeout(Timestamp(1_000_000));
+    assert_eq!(link.buffered_bytes(), 0);
+    // Legitimate traffic still reassembles after the flood.
+    let mut tx = FragmentLink::new(20, limits).unwrap();
+    let msg = vec![7u8; 300];
+    let mut got = None;
+    for p in tx.split(&msg).unwrap() {
+        if let Ok(Some(d)) = link.receive(&p, Timestamp(1_000_001)) {
+            got = Some(d);
+        }
+    }
+    assert_eq!(got.unwrap().to_vec(), msg);
+}
+
+#[test]
+fn host_serves_many_devices_on_one_socket_and_follows_roaming() {
+    let k = keys();
+    let mut list = TrustList::new();
+    let devices: Vec<Keypair> =
+        (0..20u8).map(|i| Keypair::from_private(PrivateKey::from_bytes([0x80 + i; 32]))).collect();
+    for d in &devices {
+        list.add(*d.public(), "", "", 0);
+    }
+    let trust: Arc<dyn TrustPolicy> = Arc::new(TrustStore::in_memory(list));
+    let host_public = *k.host.public();
+    let mut h: DatagramHost<u8> = DatagramHost::new(
+        Box::new(move || ResponderConfig::new(host_keys(), trust.clone())),
+        dconfig(),
+        HostLimits::default(),
+        Box::new(OsEntropy),
+    );
+    let mut clients: Vec<DatagramClient> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            DatagramClient::new(
+                InitiatorConfig::new(Profile::Ik, d.clone(), DeviceIdentity::new(format!("PM-{i}")))
+                    .host_key(host_public),
+                i as u32,
+                dconfig(),
+                Timestamp(0),
+            )
+            .unwrap()
+        })
+        .collect();
+    // Handshakes: address = client number.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let p = c.poll_transmit(Timestamp(0)).unwrap();
+        h.handle_packet(i as u8, BytesMut::from(&p[..]), Timestamp(0)).unwrap();
+    }
+    while let Some((addr, p)) = h.poll_transmit() {
+        clients[addr as usize].handle_packet(BytesMut::from(&p[..]), Timestamp(0)).unwrap();
+    }
+    assert_eq!(h.session_count(), 20);
+    let mut by_peer: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let p = c.send_now(1, format!("hello from {i}").as_bytes(), Timestamp(1));
+        // Device 3 moved to a new address: its session follows the authenticated packet.
+        let addr = if i == 3 { 200 } else { i as u8 };
+        h.handle_packet(addr, BytesMut::from(&p[..]), Timestamp(1)).unwrap();
+    }
+    while let Some(inc) = h.poll_incoming() {
+        if let Incoming::Data { payload, .. } = inc.incoming {
+            by_peer.entry(inc.peer).or_default().push(String::from_utf8(payload.to_vec()).unwrap());
+        }
+    }
+    for (i, d) in devices.iter().enumerate() {
+        assert_eq!(by_peer[d.public()], vec![format!("hello from {i}")]);
+    }
+    let index3 = clients[3].session().unwrap().remote_index();
+    h.send(index3, 9, b"to device 3", Timestamp(2)).unwrap();
+    let (addr, _) = h.poll_transmit().unwrap();
+    assert_eq!(addr, 200, "replies go to the device's latest authenticated address");
+}
+
+#[test]
+fn stream_sessions_carry_a_one_mebibyte_message_in_fragments() {
+    let (mut dev, mut host) = session_pair();
+    let dump: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let mut wire = BytesMut::new();
+    dev.seal_message(2, &dump, &mut wire).unwrap();
+    let got = open_all(&mut host, &mut wire);
+    let data: Vec<_> = got
+        .into_iter()
+        .filter_map(|r| match r.unwrap() {
+            Incoming::Data { channel, payload } => Some((channel, payload)),
+            Incoming::Fragment => None,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].0, 2);
+    assert_eq!(&data[0].1[..], &dump[..]);
+    // Small messages still go in one frame; too large ones are refused before sending.
+    dev.seal_message(1, b"small", &mut wire).unwrap();
+    assert_eq!(open_all(&mut host, &mut wire).len(), 1);
+    let too_big = vec![0u8; (4 << 20) + 1];
+    assert!(matches!(dev.seal_message(1, &too_big, &mut wire), Err(Error::PayloadTooLarge { .. })));
+    assert!(wire.is_empty());
+}
+
+#[test]
+fn stream_fragment_abuse_is_a_protocol_violation() {
+    use vitalwire::fragment::FragmentHeader;
+    let (mut dev, mut host) = session_pair();
+    let mut wire = BytesMut::new();
+    let piece = |id: u16, index: u8, count: u8, len: usize| {
+        [&FragmentHeader { message_id: id, index, count }.encode()[..], &vec![1u8; len]].concat()
+    };
+    dev.seal_raw_for_testing_only(1, 1, 1, &piece(1, 0, 3, 100), &mut wire).unwrap();
+    dev.seal_data(1, b"interleaved", &mut wire).unwrap();
+    let got = open_all(&mut host, &mut wire);
+    assert_eq!(got[1], Err(Error::Protocol(ProtocolError::InterleavedFragments)));
+    let (mut dev, mut host) = session_pair();
+    dev.seal_raw_for_testing_only(1, 1, 1, &piece(1, 0, 3, 100), &mut wire).unwrap();
+    dev.seal_raw_for_testing_only(1, 1, 1, &piece(1, 0, 3, 99), &mut wire).unwrap();
+    assert_eq!(open_all(&mut host, &mut wire)[1], Err(Error::Protocol(ProtocolError::BadFragment)));
+}
+
+#[test]
+fn stream_session_timers() {
+    let (mut dev, mut host) = session_pair();
+    let cfg = TimerConfig {
+        keepalive_ms: Some(100),
+        dead_peer_ms: Some(1_000),
+        rekey_after_ms: Some(500),
+        max_lifetime_ms: Some(10_000),
+    };
+    dev.set_timers(cfg);
+    host.set_timers(cfg);
+    dev.handle_timeout(Timestamp(0)).unwrap();
+    host.handle_timeout(Timestamp(0)).unwrap();
+    let mut wire = BytesMut::new();
+    let mut back = BytesMut::new();
+    let mut now = 0;
+    // Both alive: keepalives and time-based rekeys flow, nothing fails.
+    while now < 3_000 {
+        now = dev.poll_timeout().unwrap().0.min(host.poll_timeout().unwrap().0);
+        dev.handle_timeout(Timestamp(now)).unwrap();
+        host.handle_timeout(Timestamp(now)).unwrap();
+        dev.poll_transmit(&mut wire);
+        host.poll_transmit(&mut back);
+        let _ = open_all(&mut host, &mut wire);
+        let _ = open_all(&mut dev, &mut back);
+        host.poll_transmit(&mut back);
+        let _ = open_all(&mut dev, &mut back);
+    }
+    assert!(dev.stats().rekeys_sent >= 5, "rekey by time ({})", dev.stats().rekeys_sent);
+    assert!(host.stats().frames_received >= 20, "keepalives");
+    // The host goes silent: the device declares it dead after 1 s and says why.
+    let start = now;
+    while dev.error().is_none() {
+        now = dev.poll_timeout().unwrap().0;
+        let _ = dev.handle_timeout(Timestamp(now));
+        dev.poll_transmit(&mut wire);
+    }
+    assert_eq!(dev.error(), Some(Error::DeadPeer));
+    assert!(now - start <= 1_000 + 100, "within one keepalive interval of the timeout");
+    let got = open_all(&mut host, &mut wire);
+    assert_eq!(got.last().unwrap(), &Ok(Incoming::Closed(CloseCode::IDLE_TIMEOUT)));
+    // Lifetime.
+    let (mut dev, _) = session_pair();
+    dev.set_timers(TimerConfig { max_lifetime_ms: Some(1_000), ..TimerConfig::DISABLED });
+    dev.handle_timeout(Timestamp(5)).unwrap();
+    assert_eq!(dev.poll_timeout(), Some(Timestamp(1_005)));
+    assert_eq!(dev.handle_timeout(Timestamp(1_005)), Err(Error::SessionExpired));
+    let mut out = BytesMut::new();
+    assert!(dev.poll_transmit(&mut out), "a CLOSE SESSION_EXPIRED is queued");
+    // Handshake timeout (stream).
+    let k = keys();
+    let mut hs = Handshake::initiator(initiator_config(Profile::Xx, CipherSuite::default(), &k))
+        .unwrap()
+        .with_timeout_ms(2_000);
+    hs.handle_timeout(Timestamp(100)).unwrap();
+    assert_eq!(hs.poll_timeout(), Some(Timestamp(2_100)));
+    assert_eq!(hs.handle_timeout(Timestamp(2_100)), Err(Error::Handshake(HandshakeError::Timeout)));
+}
