@@ -360,15 +360,15 @@ mod tests {
         let f = [&FragmentHeader { message_id: 4, index: 1, count: 3 }.encode()[..], &[1; 12]].concat();
         assert_eq!(r.push(&e, Timestamp(0)), Reassembled::Pending);
         assert_eq!(r.push(&f, Timestamp(0)), Reassembled::Dropped(FragmentDrop::Overlap));
-        // Flood of first pieces: at most two in flight; they expire.
+        // Flood of first pieces: at most two in flight (the newest), and they expire.
         for id in 10..100u16 {
             let g = [&FragmentHeader { message_id: id, index: 0, count: 5 }.encode()[..], &[9; 100]].concat();
             let _ = r.push(&g, Timestamp(id as u64 / 50));
             assert!(r.buffered_bytes() <= limits().memory_bound());
             assert!(r.in_flight() <= 2);
         }
-        assert_eq!(r.poll_timeout(), Some(Timestamp(100)));
-        assert_eq!(r.handle_timeout(Timestamp(100)), 2);
+        assert_eq!(r.poll_timeout(), Some(Timestamp(101)), "the survivors arrived at t=1");
+        assert_eq!(r.handle_timeout(Timestamp(101)), 2);
         assert_eq!(r.buffered_bytes(), 0);
         assert_eq!(r.push(&[1, 2, 3], Timestamp(200)), Reassembled::Dropped(FragmentDrop::Malformed));
         assert_eq!(r.push(&[0, 1, 3, 3, 0], Timestamp(200)), Reassembled::Dropped(FragmentDrop::Malformed));
