@@ -18,4 +18,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "Rust tests (cargo test --workspace)"
 cargo test --workspace
 
+step "fuzz smoke (every cargo-fuzz target for a few seconds; scripts/fuzz.sh)"
+scripts/fuzz.sh smoke 5
+
 printf '\nall checks passed\n'

@@ -128,7 +128,9 @@ fn parse(
     if lines.next().is_some() {
         return Err(malformed("unexpected lines after the checksum"));
     }
-    if hex_key.len() != 2 * KEY_LEN {
+    // Byte length and ASCII hex digits before slicing (found by fuzzing: multi-byte UTF-8 in
+    // the key line used to panic on a char boundary; `from_str_radix` also takes a sign).
+    if hex_key.len() != 2 * KEY_LEN || !hex_key.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(malformed("the key must be 64 hex digits"));
     }
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
@@ -225,6 +227,20 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_or_signed_hex_is_malformed_not_a_panic() {
+        // From the fuzzer (also replayed by tests/fuzz_regressions.rs): U+00A0 among the digits.
+        let crash = alloc::format!(
+            "vitalwire public key v1\nx25519 abababab{}{}\ncheck 00000000\n",
+            "\u{a0}".repeat(4),
+            "ab".repeat(24)
+        );
+        assert!(matches!(public_key_from_text(Path::new("k"), &crash), Err(KeyFileError::Malformed { .. })));
+        let signed =
+            alloc::format!("vitalwire public key v1\nx25519 +a{}\ncheck 00000000\n", "ab".repeat(31));
+        assert!(matches!(public_key_from_text(Path::new("k"), &signed), Err(KeyFileError::Malformed { .. })));
+    }
 
     #[test]
     fn text_round_trips_and_catches_typos_and_truncation() {

@@ -84,6 +84,9 @@ pub mod error;
 pub mod events;
 pub mod fragment;
 pub mod frame;
+#[doc(hidden)]
+#[cfg(feature = "std")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod hello;
 #[cfg(feature = "std")]

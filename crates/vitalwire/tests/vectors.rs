@@ -36,7 +36,8 @@ fn hexv(v: &Value) -> Vec<u8> {
 fn vectors_replay_from_the_files_alone() {
     for entry in std::fs::read_dir(DIR).unwrap() {
         let path = entry.unwrap().path();
-        let stream_vector = path.file_name().unwrap().to_str().unwrap().chars().next().is_some_and(|c| c != 'd' && c != 'f');
+        let stream_vector =
+            path.file_name().unwrap().to_str().unwrap().chars().next().is_some_and(|c| c != 'd' && c != 'f');
         if path.extension().and_then(|e| e.to_str()) != Some("json") || !stream_vector {
             continue;
         }
@@ -132,7 +133,8 @@ fn vectors_replay_from_the_files_alone() {
 fn datagram_vectors_replay_from_the_files_alone() {
     use vitalwire::datagram::*;
     for name in ["datagram_ik_chachapoly.json", "datagram_xx_aesgcm.json"] {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/{name}")).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/{name}")).unwrap()).unwrap();
         let r = &v["responder"];
         let i = &v["initiator"];
         let device = Keypair::from_private(PrivateKey::from_slice(&hexv(&i["static_private"])).unwrap());
@@ -152,7 +154,9 @@ fn datagram_vectors_replay_from_the_files_alone() {
         let packets = v["packets"].as_array().unwrap();
         let t = Timestamp(0);
         let index = r["index"].as_u64().unwrap() as u32;
-        let mut hs = DatagramHandshake::responder(rc, index, DatagramConfig::default(), &hexv(&packets[0]["wire"]), t).unwrap();
+        let mut hs =
+            DatagramHandshake::responder(rc, index, DatagramConfig::default(), &hexv(&packets[0]["wire"]), t)
+                .unwrap();
         assert_eq!(hex::encode(hs.poll_transmit().unwrap()), packets[1]["wire"].as_str().unwrap(), "{name}");
         let mut rest = &packets[2..];
         if packets[2]["packet"] == "FINISH" {
@@ -176,13 +180,21 @@ fn datagram_vectors_replay_from_the_files_alone() {
                 assert!(host.poll_transmit(t, &mut buf));
                 assert_eq!(hex::encode(buf.split()), p["wire"].as_str().unwrap(), "{name}");
             } else {
-                host.seal_data(p["channel"].as_u64().unwrap() as u8, &hexv(&p["payload"]), t, &mut buf).unwrap();
+                host.seal_data(p["channel"].as_u64().unwrap() as u8, &hexv(&p["payload"]), t, &mut buf)
+                    .unwrap();
                 assert_eq!(hex::encode(buf.split()), p["wire"].as_str().unwrap(), "{name}");
             }
         }
     }
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/fragments_mtu20.json")).unwrap()).unwrap();
-    let pieces: Vec<String> = vitalwire::fragment::split(&hexv(&v["datagram"]), 16, 0x0102).unwrap().iter().map(hex::encode).collect();
-    let expected: Vec<String> = v["fragments"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/fragments_mtu20.json")).unwrap())
+            .unwrap();
+    let pieces: Vec<String> = vitalwire::fragment::split(&hexv(&v["datagram"]), 16, 0x0102)
+        .unwrap()
+        .iter()
+        .map(hex::encode)
+        .collect();
+    let expected: Vec<String> =
+        v["fragments"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
     assert_eq!(pieces, expected);
 }

@@ -228,7 +228,12 @@ pub fn datagram_transcript(profile: Profile, suite: CipherSuite) -> Value {
     use vitalwire::datagram::*;
     let init_kp = Keypair::from_private(PrivateKey::from_bytes(key(0x10)));
     let resp_kp = Keypair::from_private(PrivateKey::from_bytes(key(0x40)));
-    let identity = DeviceIdentity { device_id: "PM-0001".into(), model: String::new(), firmware: String::new(), max_frame_len: 512 };
+    let identity = DeviceIdentity {
+        device_id: "PM-0001".into(),
+        model: String::new(),
+        firmware: String::new(),
+        max_frame_len: 512,
+    };
     let params = SessionParams { max_frame_len: 512, rekey_interval: 4, max_message_len: 0 };
     let (init_index, resp_index) = (0x1111_1111u32, 0x2222_2222u32);
     let mut ic = InitiatorConfig::new(profile, init_kp.clone(), identity.clone())
@@ -284,7 +289,8 @@ pub fn datagram_transcript(profile: Profile, suite: CipherSuite) -> Value {
     pending.push((true, data(&mut dev, 1, b"after on-demand rekey")));
     pending.push((false, data(&mut host, 0, b"ack")));
     for (from_init, p) in pending {
-        let (receiver, sender_name) = if from_init { (&mut host, "initiator") } else { (&mut dev, "responder") };
+        let (receiver, sender_name) =
+            if from_init { (&mut host, "initiator") } else { (&mut dev, "responder") };
         let counter = u64::from_be_bytes(p[5..13].try_into().unwrap());
         let opened = receiver.open(BytesMut::from(&p[..]), t).unwrap();
         let (kind, channel, payload) = match opened {
@@ -345,8 +351,14 @@ pub fn all() -> Vec<(String, String)> {
             out.push((file_name(profile, suite), pretty(&transcript(profile, suite))));
         }
     }
-    out.push(("datagram_ik_chachapoly.json".into(), pretty(&datagram_transcript(Profile::Ik, CipherSuite::ChaChaPolyBlake2s))));
-    out.push(("datagram_xx_aesgcm.json".into(), pretty(&datagram_transcript(Profile::Xx, CipherSuite::AesGcmSha256))));
+    out.push((
+        "datagram_ik_chachapoly.json".into(),
+        pretty(&datagram_transcript(Profile::Ik, CipherSuite::ChaChaPolyBlake2s)),
+    ));
+    out.push((
+        "datagram_xx_aesgcm.json".into(),
+        pretty(&datagram_transcript(Profile::Xx, CipherSuite::AesGcmSha256)),
+    ));
     out.push(("fragments_mtu20.json".into(), pretty(&fragment_vector())));
     out
 }
