@@ -1389,6 +1389,33 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
         }
     }
 
+    /// The indices of the established sessions.
+    pub fn session_indices(&self) -> Vec<u32> {
+        self.conns.iter().filter(|(_, c)| matches!(c, Conn::Established { .. })).map(|(i, _)| *i).collect()
+    }
+
+    /// Asks the trust policy again about every session (after a revocation); closes the ones
+    /// no longer trusted with CLOSE `UNAUTHORIZED`. Returns how many were closed.
+    pub fn recheck(&mut self, policy: &dyn crate::trust::TrustPolicy, now: Timestamp) -> usize {
+        let mut refused = Vec::new();
+        for (index, conn) in &self.conns {
+            if let Conn::Established { session, .. } = conn {
+                if policy.check(session.remote_static(), session.peer_identity())
+                    != crate::trust::TrustDecision::Trusted
+                {
+                    refused.push(*index);
+                }
+            }
+        }
+        for index in &refused {
+            if let Some(Conn::Established { session, .. }) = self.conns.get_mut(index) {
+                session.events.push(EventKind::RevokedPeer);
+            }
+            let _ = self.close(*index, CloseCode::UNAUTHORIZED, now);
+        }
+        refused.len()
+    }
+
     /// Sends DATA to a session.
     pub fn send(&mut self, index: u32, channel: u8, payload: &[u8], now: Timestamp) -> Result<(), Error> {
         let Some(Conn::Established { session, addr }) = self.conns.get_mut(&index) else {
@@ -1406,11 +1433,13 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
             return Err(Error::Dropped(DropReason::UnknownIndex));
         };
         self.scratch.clear();
-        session.close(code, now, &mut self.scratch)?;
-        self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
+        let result = session.close(code, now, &mut self.scratch);
+        if result.is_ok() {
+            self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
+        }
         self.collect(now);
         self.remove(index);
-        Ok(())
+        result
     }
 
     /// The next datagram to send, with its destination.

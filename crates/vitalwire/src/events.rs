@@ -48,6 +48,10 @@ pub enum Limit {
     Sessions,
     /// A message too large to reassemble.
     MessageTooLarge,
+    /// A source started handshakes faster than its rate limit.
+    HandshakeRate,
+    /// A peer did not read what the host wrote in time (slow reader).
+    WriteTimeout,
 }
 
 /// How urgent an event is for an operator.
@@ -223,6 +227,19 @@ fn ser_opt_display<T: core::fmt::Display, S: serde::Serializer>(
     match v {
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
+    }
+}
+
+impl SecurityEvent {
+    /// An event raised outside a handshake or session (by an IO adapter: rate limits,
+    /// connection limits), with the caller's time.
+    pub fn new(
+        kind: EventKind,
+        time: Timestamp,
+        peer: Option<Fingerprint>,
+        device_id: Option<String>,
+    ) -> Self {
+        SecurityEvent { time, severity: kind.severity(), kind, peer, device_id }
     }
 }
 

@@ -538,6 +538,16 @@ impl Session {
         }
     }
 
+    /// Tells the session the stream decoder rejected the input (a length above the limit, a
+    /// zero length, a stream cut inside a frame): the session fails with that error, records
+    /// the event and queues the CLOSE it maps to.
+    pub fn handle_decode_error(&mut self, e: DecodeError) -> Error {
+        if let DecodeError::FrameTooLarge { .. } = e {
+            self.events.push(EventKind::LimitExceeded { limit: Limit::FrameTooLarge });
+        }
+        self.fail(Error::Decode(e))
+    }
+
     #[doc(hidden)]
     pub fn set_send_nonce_for_testing_only(&mut self, nonce: u64) {
         self.tx.set_nonce_for_testing_only(nonce);

@@ -1,0 +1,132 @@
+//! Protection of the host in front of the Diffie-Hellman work: a per-source handshake rate
+//! limiter (token buckets in a bounded table) and a cookie for UDP under load.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Per-source token buckets: `burst` handshakes at once, refilled at `per_second`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    per_second: f64,
+    max_sources: usize,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter remembering at most `max_sources` addresses (the least recently refilled are
+    /// forgotten first, which only ever errs on the side of admitting).
+    pub fn new(burst: u32, per_second: f64, max_sources: usize) -> Self {
+        RateLimiter { burst: burst as f64, per_second, max_sources, buckets: HashMap::new() }
+    }
+
+    /// Whether `source` may start a handshake now.
+    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= self.max_sources && !self.buckets.contains_key(&source) {
+            // Forget buckets that have refilled completely; if none has, the oldest.
+            let full = self.burst / self.per_second.max(f64::MIN_POSITIVE);
+            self.buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
+            if self.buckets.len() >= self.max_sources {
+                if let Some(oldest) = self.buckets.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                    self.buckets.remove(&oldest);
+                }
+            }
+        }
+        let (tokens, last) = self.buckets.entry(source).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sources currently tracked (bounded by `max_sources`).
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// Stateless cookies for UDP (spec §13.8): `SHA-256(secret || epoch || address)[0..16]`, the
+/// secret rotating every `period`, the previous epoch still accepted.
+#[derive(Debug)]
+pub struct CookieJar {
+    secret: [u8; 32],
+    period: Duration,
+    start: Instant,
+}
+
+/// Bytes of a cookie.
+pub const COOKIE_LEN: usize = 16;
+
+impl CookieJar {
+    /// A jar with a random secret.
+    pub fn new(period: Duration) -> Self {
+        let mut secret = [0u8; 32];
+        let _ = vitalwire::EntropySource::fill(&mut vitalwire::OsEntropy, &mut secret);
+        CookieJar { secret, period, start: Instant::now() }
+    }
+
+    fn epoch(&self, now: Instant) -> u64 {
+        (now.duration_since(self.start).as_millis() / self.period.as_millis().max(1)) as u64
+    }
+
+    fn cookie_at(&self, epoch: u64, addr: &std::net::SocketAddr) -> [u8; COOKIE_LEN] {
+        let mut h = Sha256::new();
+        h.update(self.secret);
+        h.update(epoch.to_be_bytes());
+        h.update(addr.to_string().as_bytes());
+        let d = h.finalize();
+        let mut c = [0u8; COOKIE_LEN];
+        c.copy_from_slice(&d[..COOKIE_LEN]);
+        c
+    }
+
+    /// The cookie for `addr` now.
+    pub fn cookie(&self, addr: &std::net::SocketAddr, now: Instant) -> [u8; COOKIE_LEN] {
+        self.cookie_at(self.epoch(now), addr)
+    }
+
+    /// Whether `cookie` is valid for `addr` (this period or the previous one).
+    pub fn check(&self, cookie: &[u8], addr: &std::net::SocketAddr, now: Instant) -> bool {
+        let e = self.epoch(now);
+        [Some(e), e.checked_sub(1)].into_iter().flatten().any(|e| self.cookie_at(e, addr)[..] == *cookie)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_and_the_table_stays_bounded() {
+        let mut r = RateLimiter::new(3, 1.0, 10);
+        let t = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!((0..3).all(|_| r.allow(a, t)));
+        assert!(!r.allow(a, t));
+        assert!(r.allow(a, t + Duration::from_millis(1_100)));
+        for i in 0..100u8 {
+            r.allow(IpAddr::from([192, 0, 2, i]), t);
+            assert!(r.tracked() <= 10);
+        }
+    }
+
+    #[test]
+    fn cookies_bind_the_address_and_expire() {
+        let jar = CookieJar::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let a = "127.0.0.1:4000".parse().unwrap();
+        let b = "127.0.0.1:4001".parse().unwrap();
+        let c = jar.cookie(&a, now);
+        assert!(jar.check(&c, &a, now));
+        assert!(!jar.check(&c, &b, now));
+        assert!(jar.check(&c, &a, now + Duration::from_secs(15)), "the previous period is accepted");
+        assert!(!jar.check(&c, &a, now + Duration::from_secs(25)));
+    }
+}
