@@ -164,8 +164,8 @@ pub fn responder(data: &[u8]) {
     for frame in data.split(|b| *b == 0xFF).take(4) {
         let before = r.error();
         let result = r.read_message(frame);
-        if before.is_some() {
-            assert_eq!(result, Err(before.expect("checked")), "errors stick");
+        if let Some(first) = before {
+            assert_eq!(result, Err(first), "errors stick");
         }
         while r.wants_write() {
             if r.write_message(&mut out).is_err() {
@@ -373,10 +373,8 @@ pub fn datagram_peers(data: &[u8]) {
         let _ = host.handle_packet(1, BytesMut::from(packet), Timestamp(now));
         let _ = dev.handle_packet(BytesMut::from(packet), Timestamp(now));
         // Genuine traffic.
-        if dev.is_established() {
-            if dev.send(1, alloc::format!("m{sent}").as_bytes(), Timestamp(now)).is_ok() {
-                sent += 1;
-            }
+        if dev.is_established() && dev.send(1, alloc::format!("m{sent}").as_bytes(), Timestamp(now)).is_ok() {
+            sent += 1;
         }
         while let Some(p) = dev.poll_transmit(Timestamp(now)) {
             let _ = host.handle_packet(2, BytesMut::from(&p[..]), Timestamp(now));
