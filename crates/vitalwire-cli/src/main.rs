@@ -1,11 +1,17 @@
 //! The `vitalwire` command.
 
-mod blocking;
 mod demo;
+mod device;
 mod keys_cmd;
 mod monitor;
+mod output;
+mod serve;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use vitalwire::{CipherSuite, Profile};
 
 use clap::{Parser, Subcommand};
 
@@ -36,9 +42,71 @@ enum Command {
         /// frame.
         #[arg(long)]
         quiet: bool,
-        /// Do not add the rogue device (an unknown key) to the demo.
+        /// Leave out the rogues (an unknown key, a tampered frame, a replayed frame).
         #[arg(long)]
         no_rogue: bool,
+    },
+    /// Run a host (gateway): accept devices on TCP and/or UDP, write received telemetry as
+    /// JSON Lines and security events as JSON Lines.
+    Host {
+        /// The host's private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The trust store file (devices allowed in).
+        #[arg(long, default_value = "trust.vw")]
+        trust: PathBuf,
+        /// Listen for TCP connections here (e.g. 0.0.0.0:7700).
+        #[arg(long)]
+        tcp: Option<SocketAddr>,
+        /// Listen for UDP datagrams here (e.g. 0.0.0.0:7701).
+        #[arg(long)]
+        udp: Option<SocketAddr>,
+        /// Where telemetry goes: `-` (stdout) or a file.
+        #[arg(long, default_value = "-")]
+        telemetry: String,
+        /// Where security events go: `-` (stderr) or a file.
+        #[arg(long, default_value = "-")]
+        events: String,
+        /// Show a live one-line status on stderr.
+        #[arg(long)]
+        status: bool,
+        /// Accept pairing requests from unregistered devices (compare the codes!).
+        #[arg(long)]
+        allow_pairing: bool,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run a simulated patient monitor (heart rate, SpO2, blood pressure, ECG-like waveform,
+    /// alarms) sending to a host.
+    Device {
+        /// The device's private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The host's public key file.
+        #[arg(long)]
+        host_key: PathBuf,
+        /// The host address.
+        #[arg(long)]
+        connect: SocketAddr,
+        /// Use UDP (datagram mode) instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// The device id (must match the trust store entry).
+        #[arg(long)]
+        id: String,
+        /// Handshake profile: xx, ik, kk (xxpsk3 needs a provisioned PSK; not from the CLI).
+        #[arg(long, default_value = "ik", value_parser = ["xx", "ik", "kk"])]
+        profile: String,
+        /// Cipher suite: chachapoly or aesgcm.
+        #[arg(long, default_value = "chachapoly", value_parser = ["chachapoly", "aesgcm"])]
+        suite: String,
+        /// Ticks per second (numerics + waveform block, sometimes an alarm).
+        #[arg(long, default_value_t = 4.0)]
+        rate: f64,
+        /// Stop after this many seconds (default: run until killed).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Generate a static keypair: FILE (private, mode 0600) and FILE.pub, and print the
     /// fingerprint.
@@ -97,16 +165,54 @@ enum TrustCmd {
     },
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { devices, frames, interval_ms, quiet, no_rogue } => demo::run(demo::DemoOptions {
-            devices: devices as usize,
-            frames,
-            interval_ms,
-            quiet,
-            rogue: !no_rogue,
+        Command::Demo { devices, frames, interval_ms, quiet, no_rogue } => runtime().and_then(|rt| {
+            rt.block_on(demo::run(demo::DemoOptions {
+                devices: devices as usize,
+                frames,
+                interval_ms,
+                quiet,
+                rogue: !no_rogue,
+            }))
         }),
+        Command::Host { key, trust, tcp, udp, telemetry, events, status, allow_pairing, seconds } => {
+            runtime().and_then(|rt| {
+                rt.block_on(serve::run(serve::HostOptions {
+                    key,
+                    trust,
+                    tcp,
+                    udp,
+                    telemetry,
+                    events,
+                    status,
+                    pairing: allow_pairing,
+                    duration: seconds.map(Duration::from_secs),
+                }))
+            })
+        }
+        Command::Device { key, host_key, connect, udp, id, profile, suite, rate, seconds } => runtime()
+            .and_then(|rt| {
+                rt.block_on(device::run(device::DeviceOptions {
+                    key,
+                    host_key,
+                    connect,
+                    udp,
+                    id,
+                    profile: Profile::from_name(&profile).unwrap_or(Profile::Ik),
+                    suite: CipherSuite::from_name(&suite).unwrap_or_default(),
+                    rate,
+                    duration: seconds.map(Duration::from_secs),
+                }))
+            }),
         Command::Keygen { out, comment } => keys_cmd::keygen(&out, &comment),
         Command::Fingerprint { file } => keys_cmd::fingerprint(&file),
         Command::Trust { store, command } => keys_cmd::trust(

@@ -42,6 +42,10 @@ pub struct ClientConfig {
     pub queue: usize,
     /// Give up after this many failed connection attempts in a row (default: never).
     pub max_attempts: Option<u32>,
+    /// Keep retrying when the host refuses the handshake (a REJECT: unknown device, unsupported
+    /// choice). Default false: a refusal stops the client, since retrying cannot fix it until
+    /// someone changes the host's trust store or the device's configuration.
+    pub retry_rejected: bool,
 }
 
 impl ClientConfig {
@@ -59,6 +63,7 @@ impl ClientConfig {
             timers: TimerConfig::default(),
             queue: 1024,
             max_attempts: None,
+            retry_rejected: false,
         }
     }
 }
@@ -157,6 +162,10 @@ async fn run(config: ClientConfig, mut commands: mpsc::Receiver<Command>, events
                 return;
             }
             Err((reason, was_up)) => {
+                if reason.starts_with(REFUSED) && !config.retry_rejected {
+                    let _ = events.send(ClientEvent::Stopped { reason }).await;
+                    return;
+                }
                 if was_up {
                     attempt = 0;
                 }
@@ -173,6 +182,9 @@ async fn run(config: ClientConfig, mut commands: mpsc::Receiver<Command>, events
         }
     }
 }
+
+/// The prefix of a failure reason that is the host's refusal of the handshake.
+const REFUSED: &str = "refused by host: ";
 
 /// One connection: `Ok` when the application closed the client, `Err((why, had_session))`
 /// when the connection failed.
@@ -193,7 +205,10 @@ async fn connect_and_serve(
         while let Some(e) = hs.poll_event(now_ts()) {
             let _ = events.send(ClientEvent::Security(e)).await;
         }
-        r.map_err(|e| e.to_string())?;
+        r.map_err(|e| match e {
+            Error::Handshake(vitalwire::HandshakeError::Rejected(reason)) => format!("{REFUSED}{reason}"),
+            e => e.to_string(),
+        })?;
         Ok::<_, String>((framed, hs.into_session().map_err(|e| e.to_string())?))
     };
     let (mut framed, mut session) = timeout(config.handshake_timeout, setup)
