@@ -76,6 +76,15 @@ enum Command {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Handshakes one source address may start at once.
+        #[arg(long, default_value_t = 20)]
+        handshake_burst: u32,
+        /// Handshakes per second one source address may start after its burst.
+        #[arg(long, default_value_t = 10.0)]
+        handshake_rate: f64,
+        /// Most handshakes in progress at once.
+        #[arg(long, default_value_t = 256)]
+        max_half_open: usize,
     },
     /// Run a simulated patient monitor (heart rate, SpO2, blood pressure, ECG-like waveform,
     /// alarms) sending to a host.
@@ -184,21 +193,35 @@ fn main() {
                 rogue: !no_rogue,
             }))
         }),
-        Command::Host { key, trust, tcp, udp, telemetry, events, status, allow_pairing, seconds } => {
-            runtime().and_then(|rt| {
-                rt.block_on(serve::run(serve::HostOptions {
-                    key,
-                    trust,
-                    tcp,
-                    udp,
-                    telemetry,
-                    events,
-                    status,
-                    pairing: allow_pairing,
-                    duration: seconds.map(Duration::from_secs),
-                }))
-            })
-        }
+        Command::Host {
+            key,
+            trust,
+            tcp,
+            udp,
+            telemetry,
+            events,
+            status,
+            allow_pairing,
+            seconds,
+            handshake_burst,
+            handshake_rate,
+            max_half_open,
+        } => runtime().and_then(|rt| {
+            rt.block_on(serve::run(serve::HostOptions {
+                key,
+                trust,
+                tcp,
+                udp,
+                telemetry,
+                events,
+                status,
+                pairing: allow_pairing,
+                duration: seconds.map(Duration::from_secs),
+                handshake_burst,
+                handshake_rate,
+                max_half_open,
+            }))
+        }),
         Command::Device { key, host_key, connect, udp, id, profile, suite, rate, seconds } => runtime()
             .and_then(|rt| {
                 rt.block_on(device::run(device::DeviceOptions {

@@ -46,7 +46,17 @@ pub fn telemetry_json(t: &Telemetry, time: u64) -> String {
     });
     match printable {
         Some(text) => v["text"] = json!(text),
-        None => v["hex"] = json!(t.payload.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        None => v["hex"] = json!(hex(&t.payload)),
     }
     v.to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
 }

@@ -23,6 +23,9 @@ pub struct HostOptions {
     pub status: bool,
     pub pairing: bool,
     pub duration: Option<Duration>,
+    pub handshake_burst: u32,
+    pub handshake_rate: f64,
+    pub max_half_open: usize,
 }
 
 pub async fn run(opts: HostOptions) -> Result<(), String> {
@@ -41,6 +44,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
             .allow_pairing(pairing)
     });
     config.trust = Some(store.clone());
+    config.handshake_burst = opts.handshake_burst;
+    config.handshake_rate = opts.handshake_rate;
+    config.max_half_open = opts.max_half_open;
     let (host, mut telemetry, mut events) = Host::new(config);
     if let Some(addr) = opts.tcp {
         let listener =

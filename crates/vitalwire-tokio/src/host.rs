@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::time::{sleep_until, timeout};
+use tokio::time::timeout;
 use tokio_util::codec::Framed;
 use tokio_util::task::TaskTracker;
 use vitalwire::hello::MAX_HANDSHAKE_FRAME_LEN;
@@ -327,6 +327,40 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Handles one item from the framed stream; returns whether the connection is done.
+async fn on_frame(
+    shared: &Shared,
+    session: &mut vitalwire::Session,
+    frame: Option<Result<BytesMut, LinkError>>,
+    id: u64,
+    device_id: &str,
+    peer: Fingerprint,
+) -> bool {
+    match frame {
+        Some(Ok(frame)) => match session.open(frame) {
+            Ok(Incoming::Data { channel, payload }) => {
+                shared.counters.frames.fetch_add(1, Ordering::Relaxed);
+                shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                let item =
+                    Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
+                // Backpressure: wait for the application rather than drop.
+                shared.telemetry.send(item).await.is_err()
+            }
+            Ok(_) => false,
+            Err(e) => e.is_fatal(),
+        },
+        Some(Err(LinkError::Protocol(Error::Decode(e)))) => {
+            session.handle_decode_error(e);
+            true
+        }
+        Some(Err(_)) => true,
+        None => {
+            let _ = session.handle_eof();
+            true
+        }
+    }
+}
+
 async fn run_connection<S>(shared: Arc<Shared>, stream: S, source: Option<IpAddr>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -384,11 +418,22 @@ where
     let mut trust = shared.trust_epoch.subscribe();
     let started = Instant::now();
     let started_ts = now_ts();
+    // One timer, re-armed only when the session's deadline moves.
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let timer = tokio::time::sleep_until(far());
+    tokio::pin!(timer);
+    let mut armed: Option<Timestamp> = None;
     loop {
-        // The timer deadline in tokio's clock.
-        let deadline = session.poll_timeout().map(|t| {
-            tokio::time::Instant::from_std(started + Duration::from_millis(t.0.saturating_sub(started_ts.0)))
-        });
+        let deadline = session.poll_timeout();
+        if deadline != armed {
+            armed = deadline;
+            let at = deadline.map_or_else(far, |t| {
+                tokio::time::Instant::from_std(
+                    started + Duration::from_millis(t.0.saturating_sub(started_ts.0)),
+                )
+            });
+            timer.as_mut().reset(at);
+        }
         let mut done = false;
         tokio::select! {
             _ = crate::host::stopped(&mut stop) => {
@@ -400,32 +445,23 @@ where
                     done = session.recheck(policy.as_ref()).is_err();
                 }
             }
-            _ = async { match deadline { Some(d) => sleep_until(d).await, None => std::future::pending().await } } => {
+            _ = &mut timer => {
+                armed = None;
                 done = session.handle_timeout(now_ts()).is_err();
             }
-            frame = framed.next() => match frame {
-                Some(Ok(frame)) => match session.open(frame) {
-                    Ok(Incoming::Data { channel, payload }) => {
-                        shared.counters.frames.fetch_add(1, Ordering::Relaxed);
-                        shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                        let item = Telemetry { session: id, device_id: device_id.clone(), peer, channel, payload };
-                        // Backpressure: wait for the application rather than drop.
-                        done = shared.telemetry.send(item).await.is_err();
+            frame = framed.next() => {
+                done = on_frame(&shared, &mut session, frame, id, &device_id, peer).await;
+                // Take every frame already buffered before going back to select.
+                for _ in 0..256 {
+                    if done {
+                        break;
                     }
-                    Ok(Incoming::Closed(_)) => {}
-                    Ok(_) => {}
-                    Err(e) => done = e.is_fatal(),
-                },
-                Some(Err(LinkError::Protocol(Error::Decode(e)))) => {
-                    session.handle_decode_error(e);
-                    done = true;
+                    match framed.next().now_or_never() {
+                        Some(frame) => done = on_frame(&shared, &mut session, frame, id, &device_id, peer).await,
+                        None => break,
+                    }
                 }
-                Some(Err(_)) => done = true,
-                None => {
-                    let _ = session.handle_eof();
-                    done = true;
-                }
-            },
+            }
         }
         session.poll_transmit(&mut out);
         while let Some(e) = session.poll_event(now_ts()) {
