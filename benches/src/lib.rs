@@ -1,0 +1,295 @@
+//! Shared setups for the benchmarks: in-memory peers of vitalwire (stream and datagram),
+//! snow's bare transport and handshake, rustls TLS 1.3 with mutual certificates, and the raw
+//! AEAD floor.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use vitalwire::datagram::{DatagramConfig, DatagramHandshake, DatagramSession};
+use vitalwire::*;
+
+pub const SIZES: [usize; 4] = [64, 256, 1024, 16 * 1024];
+
+/// The host's keypair (derived once, as a real host loads it once).
+pub fn host_keys() -> Keypair {
+    static K: std::sync::OnceLock<Keypair> = std::sync::OnceLock::new();
+    K.get_or_init(|| Keypair::from_private(PrivateKey::from_bytes([0x11; 32]))).clone()
+}
+/// The device's keypair (derived once).
+pub fn device_keys() -> Keypair {
+    static K: std::sync::OnceLock<Keypair> = std::sync::OnceLock::new();
+    K.get_or_init(|| Keypair::from_private(PrivateKey::from_bytes([0x22; 32]))).clone()
+}
+
+fn trust() -> Arc<TrustStore> {
+    let mut list = TrustList::new();
+    list.add(*device_keys().public(), "", "", 0);
+    Arc::new(TrustStore::in_memory(list))
+}
+
+pub fn params() -> SessionParams {
+    SessionParams { max_frame_len: u16::MAX, rekey_interval: 1 << 30, ..SessionParams::default() }
+}
+
+/// The two vitalwire handshakes for `profile`, ready to run.
+pub fn vitalwire_handshakes(profile: Profile, suite: CipherSuite, trust: Arc<TrustStore>) -> (Handshake, Handshake) {
+    let mut c = InitiatorConfig::new(profile, device_keys(), DeviceIdentity::new("BENCH-1")).suite(suite);
+    if profile.needs_remote_key() {
+        c = c.host_key(*host_keys().public());
+    }
+    let i = Handshake::initiator(c).unwrap();
+    let r = Handshake::responder(ResponderConfig::new(host_keys(), trust).params(params())).unwrap();
+    (i, r)
+}
+
+/// Runs a vitalwire handshake in memory; returns the sessions and the bytes on the wire.
+pub fn vitalwire_handshake(profile: Profile, suite: CipherSuite, trust: Arc<TrustStore>) -> (Session, Session, usize) {
+    let (mut i, mut r) = vitalwire_handshakes(profile, suite, trust);
+    let mut wire = BytesMut::new();
+    let mut dec = StreamDecoder::new(1024);
+    let mut bytes = 0;
+    while !(i.is_finished() && r.is_finished()) {
+        let (a, b) = if i.wants_write() { (&mut i, &mut r) } else { (&mut r, &mut i) };
+        a.write_message(&mut wire).unwrap();
+        bytes += wire.len();
+        let f = dec.decode(&mut wire).unwrap().unwrap();
+        b.read_message(&f).unwrap();
+    }
+    (i.into_session().unwrap(), r.into_session().unwrap(), bytes)
+}
+
+pub fn vitalwire_pair(suite: CipherSuite) -> (Session, Session) {
+    let (a, b, _) = vitalwire_handshake(Profile::Ik, suite, trust());
+    (a, b)
+}
+
+pub fn trust_store() -> Arc<TrustStore> {
+    trust()
+}
+
+/// A datagram-mode pair (IK).
+pub fn datagram_pair(suite: CipherSuite) -> (DatagramSession, DatagramSession) {
+    let c = InitiatorConfig::new(Profile::Ik, device_keys(), DeviceIdentity::new("BENCH-1"))
+        .suite(suite)
+        .host_key(*host_keys().public());
+    let t = Timestamp(0);
+    let config = DatagramConfig { timers: TimerConfig::DISABLED, ..DatagramConfig::default() };
+    let mut i = DatagramHandshake::initiator(c, 1, config, t).unwrap();
+    let hello = i.poll_transmit().unwrap();
+    let rc = ResponderConfig::new(host_keys(), trust()).params(params());
+    let mut r = DatagramHandshake::responder(rc, 2, config, &hello, t).unwrap();
+    i.handle_packet(&r.poll_transmit().unwrap(), t).unwrap();
+    (i.into_session(t).unwrap(), r.into_session(t).unwrap())
+}
+
+/// Seal on `a`, open on `b`, one frame of `payload` (stream mode).
+#[inline]
+pub fn stream_round_trip(a: &mut Session, b: &mut Session, dec: &mut StreamDecoder, buf: &mut BytesMut, payload: &[u8]) -> usize {
+    a.seal_data(1, payload, buf).unwrap();
+    let f = dec.decode(buf).unwrap().unwrap();
+    match b.open(f).unwrap() {
+        Incoming::Data { payload, .. } => payload.len(),
+        _ => unreachable!(),
+    }
+}
+
+/// Seal on `a`, open on `b` (datagram mode).
+#[inline]
+pub fn datagram_round_trip(a: &mut DatagramSession, b: &mut DatagramSession, buf: &mut BytesMut, payload: &[u8]) -> usize {
+    a.seal_data(1, payload, Timestamp(0), buf).unwrap();
+    let p = buf.split();
+    match b.open(p, Timestamp(0)).unwrap() {
+        Incoming::Data { payload, .. } => payload.len(),
+        _ => unreachable!(),
+    }
+}
+
+/// The floor: ring's AEAD sealing and opening the payload in place, nothing else.
+pub struct Floor {
+    key: ring::aead::LessSafeKey,
+    nonce: u64,
+}
+
+impl Floor {
+    pub fn new(alg: &'static ring::aead::Algorithm) -> Self {
+        Floor { key: ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &[7; 32]).unwrap()), nonce: 0 }
+    }
+
+    #[inline]
+    pub fn round_trip(&mut self, buf: &mut Vec<u8>, payload: &[u8]) -> usize {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.nonce.to_le_bytes());
+        self.nonce += 1;
+        buf.clear();
+        buf.extend_from_slice(payload);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::empty(), buf)
+            .unwrap();
+        buf.extend_from_slice(tag.as_ref());
+        self.key.open_in_place(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::empty(), buf).unwrap().len()
+    }
+}
+
+/// snow's handshake for `pattern`, returning both states (not finished).
+pub fn snow_states(pattern: &str, ring: bool) -> (snow::HandshakeState, snow::HandshakeState) {
+    let name = format!("Noise_{pattern}_25519_ChaChaPoly_BLAKE2s");
+    let builder = |_: ()| -> snow::Builder<'static> {
+        if ring {
+            snow::Builder::with_resolver(
+                name.parse().unwrap(),
+                Box::new(snow::resolvers::FallbackResolver::new(
+                    Box::new(snow::resolvers::RingResolver),
+                    Box::new(snow::resolvers::DefaultResolver),
+                )),
+            )
+        } else {
+            snow::Builder::with_resolver(name.parse().unwrap(), Box::new(snow::resolvers::DefaultResolver))
+        }
+    };
+    static HOST: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    static DEV: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    let h = HOST.get_or_init(|| (host_keys().private().expose_secret().to_vec(), host_keys().public().as_bytes().to_vec()));
+    let d = DEV.get_or_init(|| (device_keys().private().expose_secret().to_vec(), device_keys().public().as_bytes().to_vec()));
+    let mut i = builder(()).local_private_key(&d.0).unwrap();
+    let mut r = builder(()).local_private_key(&h.0).unwrap();
+    if pattern == "IK" || pattern == "KK" {
+        i = i.remote_public_key(&h.1).unwrap();
+    }
+    if pattern == "KK" {
+        r = r.remote_public_key(&d.1).unwrap();
+    }
+    (i.build_initiator().unwrap(), r.build_responder().unwrap())
+}
+
+/// Runs snow's bare handshake; returns the bytes on the wire.
+pub fn snow_handshake(mut i: snow::HandshakeState, mut r: snow::HandshakeState) -> (snow::TransportState, snow::TransportState, usize) {
+    let mut buf = [0u8; 1024];
+    let mut tmp = [0u8; 1024];
+    let mut bytes = 0;
+    while !(i.is_handshake_finished() && r.is_handshake_finished()) {
+        let (a, b) = if i.is_my_turn() { (&mut i, &mut r) } else { (&mut r, &mut i) };
+        let n = a.write_message(&[], &mut buf).unwrap();
+        bytes += n;
+        b.read_message(&buf[..n], &mut tmp).unwrap();
+    }
+    (i.into_transport_mode().unwrap(), r.into_transport_mode().unwrap(), bytes)
+}
+
+#[inline]
+pub fn snow_round_trip(a: &mut snow::TransportState, b: &mut snow::TransportState, buf: &mut [u8], out: &mut [u8], payload: &[u8]) -> usize {
+    let n = a.write_message(payload, buf).unwrap();
+    b.read_message(&buf[..n], out).unwrap()
+}
+
+/// Certificates for TLS 1.3 with mutual authentication: a CA, a server and a client cert.
+pub struct TlsSetup {
+    pub client: Arc<rustls::ClientConfig>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+pub fn tls_setup() -> TlsSetup {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = leaf("host.vitalwire.test", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = leaf("device.vitalwire.test", ExtendedKeyUsagePurpose::ClientAuth);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let roots = Arc::new(roots);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.der().clone(), ca.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![client_cert.der().clone(), ca.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
+        )
+        .unwrap();
+    TlsSetup { client: Arc::new(client), server: Arc::new(server) }
+}
+
+/// A complete TLS 1.3 handshake with mutual authentication, in memory; returns both ends and
+/// the bytes on the wire.
+pub fn tls_handshake(setup: &TlsSetup) -> (rustls::ClientConnection, rustls::ServerConnection, usize) {
+    let mut client =
+        rustls::ClientConnection::new(setup.client.clone(), "host.vitalwire.test".try_into().unwrap()).unwrap();
+    let mut server = rustls::ServerConnection::new(setup.server.clone()).unwrap();
+    let mut bytes = 0;
+    let mut buf = Vec::new();
+    while client.is_handshaking() || server.is_handshaking() {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).unwrap();
+        }
+        bytes += buf.len();
+        if !buf.is_empty() {
+            server.read_tls(&mut &buf[..]).unwrap();
+            server.process_new_packets().unwrap();
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).unwrap();
+        }
+        bytes += buf.len();
+        if !buf.is_empty() {
+            client.read_tls(&mut &buf[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+    // Session tickets the server sends after the handshake.
+    buf.clear();
+    while server.wants_write() {
+        server.write_tls(&mut buf).unwrap();
+    }
+    if !buf.is_empty() {
+        client.read_tls(&mut &buf[..]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    (client, server, bytes)
+}
+
+/// One application-data record from client to server: seal and open.
+#[inline]
+pub fn tls_round_trip(
+    client: &mut rustls::ClientConnection,
+    server: &mut rustls::ServerConnection,
+    wire: &mut Vec<u8>,
+    out: &mut [u8],
+    payload: &[u8],
+) -> usize {
+    client.writer().write_all(payload).unwrap();
+    wire.clear();
+    while client.wants_write() {
+        client.write_tls(wire).unwrap();
+    }
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        server.read_tls(&mut rest).unwrap();
+        server.process_new_packets().unwrap();
+    }
+    server.reader().read_exact(&mut out[..payload.len()]).unwrap();
+    payload.len()
+}

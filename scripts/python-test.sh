@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the Python wheel into a virtualenv (cached under target/) and runs the pytest suite,
+# including interop with the Rust `vitalwire host` and `vitalwire device`, and mypy --strict
+# on a sample of user code. Usage: scripts/python-test.sh [--bench]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+venv=$root/target/py-venv
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" pytest mypy "noiseprotocol==0.3.1"
+# The extension's own build cache (it is a separate cargo workspace).
+export CARGO_TARGET_DIR=$root/target/python
+"$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
+cargo build -q -p vitalwire-cli
+export VITALWIRE_BIN=$root/target/debug/vitalwire
+if [ "${1:-}" = "--bench" ]; then
+    exec "$venv/bin/python" bindings/python/bench.py
+fi
+"$venv/bin/python" -m pytest -q bindings/python/tests
+"$venv/bin/mypy" --strict bindings/python/tests/typing_example.py
