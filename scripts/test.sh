@@ -18,6 +18,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "Rust tests (cargo test --workspace)"
 cargo test --workspace
 
+step "Python package (wheel in a virtualenv, pytest with interop, mypy --strict; scripts/python-test.sh)"
+scripts/python-test.sh
+
 step "fuzz smoke (every cargo-fuzz target for a few seconds; scripts/fuzz.sh)"
 scripts/fuzz.sh smoke 5
 
