@@ -22,7 +22,9 @@ fn handshakes(c: &mut Criterion) {
         });
     }
     let setup = tls_setup();
-    g.bench_function(BenchmarkId::new("rustls_tls13_mutual", "ECDSA-P256"), |b| b.iter(|| tls_handshake(&setup)));
+    g.bench_function(BenchmarkId::new("rustls_tls13_mutual", "ECDSA-P256"), |b| {
+        b.iter(|| tls_handshake(&setup))
+    });
     g.finish();
 }
 

@@ -15,10 +15,17 @@ fn per_frame(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         let mut floor = Floor::new(&ring::aead::CHACHA20_POLY1305);
         let mut v = Vec::with_capacity(size + 16);
-        g.bench_with_input(BenchmarkId::new("floor_ring_chacha", size), &payload, |b, p| b.iter(|| floor.round_trip(&mut v, p)));
+        g.bench_with_input(BenchmarkId::new("floor_ring_chacha", size), &payload, |b, p| {
+            b.iter(|| floor.round_trip(&mut v, p))
+        });
         let mut floor = Floor::new(&ring::aead::AES_256_GCM);
-        g.bench_with_input(BenchmarkId::new("floor_ring_aesgcm", size), &payload, |b, p| b.iter(|| floor.round_trip(&mut v, p)));
-        for (name, suite) in [("vitalwire_stream_chacha", CipherSuite::ChaChaPolyBlake2s), ("vitalwire_stream_aesgcm", CipherSuite::AesGcmSha256)] {
+        g.bench_with_input(BenchmarkId::new("floor_ring_aesgcm", size), &payload, |b, p| {
+            b.iter(|| floor.round_trip(&mut v, p))
+        });
+        for (name, suite) in [
+            ("vitalwire_stream_chacha", CipherSuite::ChaChaPolyBlake2s),
+            ("vitalwire_stream_aesgcm", CipherSuite::AesGcmSha256),
+        ] {
             let (mut a, mut bb) = vitalwire_pair(suite);
             let mut dec = StreamDecoder::new(65535);
             let mut buf = BytesMut::with_capacity(2 * size + 64);

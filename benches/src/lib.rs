@@ -33,7 +33,11 @@ pub fn params() -> SessionParams {
 }
 
 /// The two vitalwire handshakes for `profile`, ready to run.
-pub fn vitalwire_handshakes(profile: Profile, suite: CipherSuite, trust: Arc<TrustStore>) -> (Handshake, Handshake) {
+pub fn vitalwire_handshakes(
+    profile: Profile,
+    suite: CipherSuite,
+    trust: Arc<TrustStore>,
+) -> (Handshake, Handshake) {
     let mut c = InitiatorConfig::new(profile, device_keys(), DeviceIdentity::new("BENCH-1")).suite(suite);
     if profile.needs_remote_key() {
         c = c.host_key(*host_keys().public());
@@ -44,7 +48,11 @@ pub fn vitalwire_handshakes(profile: Profile, suite: CipherSuite, trust: Arc<Tru
 }
 
 /// Runs a vitalwire handshake in memory; returns the sessions and the bytes on the wire.
-pub fn vitalwire_handshake(profile: Profile, suite: CipherSuite, trust: Arc<TrustStore>) -> (Session, Session, usize) {
+pub fn vitalwire_handshake(
+    profile: Profile,
+    suite: CipherSuite,
+    trust: Arc<TrustStore>,
+) -> (Session, Session, usize) {
     let (mut i, mut r) = vitalwire_handshakes(profile, suite, trust);
     let mut wire = BytesMut::new();
     let mut dec = StreamDecoder::new(1024);
@@ -85,7 +93,13 @@ pub fn datagram_pair(suite: CipherSuite) -> (DatagramSession, DatagramSession) {
 
 /// Seal on `a`, open on `b`, one frame of `payload` (stream mode).
 #[inline]
-pub fn stream_round_trip(a: &mut Session, b: &mut Session, dec: &mut StreamDecoder, buf: &mut BytesMut, payload: &[u8]) -> usize {
+pub fn stream_round_trip(
+    a: &mut Session,
+    b: &mut Session,
+    dec: &mut StreamDecoder,
+    buf: &mut BytesMut,
+    payload: &[u8],
+) -> usize {
     a.seal_data(1, payload, buf).unwrap();
     let f = dec.decode(buf).unwrap().unwrap();
     match b.open(f).unwrap() {
@@ -96,7 +110,12 @@ pub fn stream_round_trip(a: &mut Session, b: &mut Session, dec: &mut StreamDecod
 
 /// Seal on `a`, open on `b` (datagram mode).
 #[inline]
-pub fn datagram_round_trip(a: &mut DatagramSession, b: &mut DatagramSession, buf: &mut BytesMut, payload: &[u8]) -> usize {
+pub fn datagram_round_trip(
+    a: &mut DatagramSession,
+    b: &mut DatagramSession,
+    buf: &mut BytesMut,
+    payload: &[u8],
+) -> usize {
     a.seal_data(1, payload, Timestamp(0), buf).unwrap();
     let p = buf.split();
     match b.open(p, Timestamp(0)).unwrap() {
@@ -113,7 +132,10 @@ pub struct Floor {
 
 impl Floor {
     pub fn new(alg: &'static ring::aead::Algorithm) -> Self {
-        Floor { key: ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &[7; 32]).unwrap()), nonce: 0 }
+        Floor {
+            key: ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &[7; 32]).unwrap()),
+            nonce: 0,
+        }
     }
 
     #[inline]
@@ -125,10 +147,17 @@ impl Floor {
         buf.extend_from_slice(payload);
         let tag = self
             .key
-            .seal_in_place_separate_tag(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::empty(), buf)
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(n),
+                ring::aead::Aad::empty(),
+                buf,
+            )
             .unwrap();
         buf.extend_from_slice(tag.as_ref());
-        self.key.open_in_place(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::empty(), buf).unwrap().len()
+        self.key
+            .open_in_place(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::empty(), buf)
+            .unwrap()
+            .len()
     }
 }
 
@@ -150,8 +179,12 @@ pub fn snow_states(pattern: &str, ring: bool) -> (snow::HandshakeState, snow::Ha
     };
     static HOST: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
     static DEV: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
-    let h = HOST.get_or_init(|| (host_keys().private().expose_secret().to_vec(), host_keys().public().as_bytes().to_vec()));
-    let d = DEV.get_or_init(|| (device_keys().private().expose_secret().to_vec(), device_keys().public().as_bytes().to_vec()));
+    let h = HOST.get_or_init(|| {
+        (host_keys().private().expose_secret().to_vec(), host_keys().public().as_bytes().to_vec())
+    });
+    let d = DEV.get_or_init(|| {
+        (device_keys().private().expose_secret().to_vec(), device_keys().public().as_bytes().to_vec())
+    });
     let mut i = builder(()).local_private_key(&d.0).unwrap();
     let mut r = builder(()).local_private_key(&h.0).unwrap();
     if pattern == "IK" || pattern == "KK" {
@@ -164,7 +197,10 @@ pub fn snow_states(pattern: &str, ring: bool) -> (snow::HandshakeState, snow::Ha
 }
 
 /// Runs snow's bare handshake; returns the bytes on the wire.
-pub fn snow_handshake(mut i: snow::HandshakeState, mut r: snow::HandshakeState) -> (snow::TransportState, snow::TransportState, usize) {
+pub fn snow_handshake(
+    mut i: snow::HandshakeState,
+    mut r: snow::HandshakeState,
+) -> (snow::TransportState, snow::TransportState, usize) {
     let mut buf = [0u8; 1024];
     let mut tmp = [0u8; 1024];
     let mut bytes = 0;
@@ -178,7 +214,13 @@ pub fn snow_handshake(mut i: snow::HandshakeState, mut r: snow::HandshakeState) 
 }
 
 #[inline]
-pub fn snow_round_trip(a: &mut snow::TransportState, b: &mut snow::TransportState, buf: &mut [u8], out: &mut [u8], payload: &[u8]) -> usize {
+pub fn snow_round_trip(
+    a: &mut snow::TransportState,
+    b: &mut snow::TransportState,
+    buf: &mut [u8],
+    out: &mut [u8],
+    payload: &[u8],
+) -> usize {
     let n = a.write_message(payload, buf).unwrap();
     b.read_message(&buf[..n], out).unwrap()
 }
@@ -209,7 +251,10 @@ pub fn tls_setup() -> TlsSetup {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let roots = Arc::new(roots);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .unwrap();
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -235,7 +280,8 @@ pub fn tls_setup() -> TlsSetup {
 /// the bytes on the wire.
 pub fn tls_handshake(setup: &TlsSetup) -> (rustls::ClientConnection, rustls::ServerConnection, usize) {
     let mut client =
-        rustls::ClientConnection::new(setup.client.clone(), "host.vitalwire.test".try_into().unwrap()).unwrap();
+        rustls::ClientConnection::new(setup.client.clone(), "host.vitalwire.test".try_into().unwrap())
+            .unwrap();
     let mut server = rustls::ServerConnection::new(setup.server.clone()).unwrap();
     let mut bytes = 0;
     let mut buf = Vec::new();

@@ -53,7 +53,10 @@ fn main() {
     println!("| handshake, both directions | bytes | ratio to vitalwire IK |");
     println!("|---|---|---|");
     println!("| vitalwire IK (identity + parameters included) | {ik} | 1.00 |");
-    println!("| TLS 1.3, mutual auth, ECDSA P-256 chains of 2 (rustls, measured) | {tls} | {:.2} |", tls as f64 / ik as f64);
+    println!(
+        "| TLS 1.3, mutual auth, ECDSA P-256 chains of 2 (rustls, measured) | {tls} | {:.2} |",
+        tls as f64 / ik as f64
+    );
     println!("| WireGuard (published: 148 + 92) | 240 | {:.2} |", 240.0 / ik as f64);
     println!();
     println!("| per-frame overhead | bytes |");

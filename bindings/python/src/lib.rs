@@ -18,11 +18,31 @@ use vw::fragment::ReassemblyLimits;
 create_exception!(_native, VitalwireError, PyException, "Base class of every vitalwire error.");
 create_exception!(_native, DecodeError, VitalwireError, "Malformed bytes from the link.");
 create_exception!(_native, HandshakeError, VitalwireError, "The handshake failed.");
-create_exception!(_native, UntrustedPeerError, HandshakeError, "The peer's key is unknown, revoked or not the pinned one.");
-create_exception!(_native, AuthenticationError, VitalwireError, "A message failed authentication (forged, corrupted, wrong key).");
-create_exception!(_native, ReplayError, VitalwireError, "A datagram was a replay or older than the replay window.");
+create_exception!(
+    _native,
+    UntrustedPeerError,
+    HandshakeError,
+    "The peer's key is unknown, revoked or not the pinned one."
+);
+create_exception!(
+    _native,
+    AuthenticationError,
+    VitalwireError,
+    "A message failed authentication (forged, corrupted, wrong key)."
+);
+create_exception!(
+    _native,
+    ReplayError,
+    VitalwireError,
+    "A datagram was a replay or older than the replay window."
+);
 create_exception!(_native, ProtocolError, VitalwireError, "The peer broke the protocol's rules.");
-create_exception!(_native, TruncatedError, VitalwireError, "The stream ended without an authenticated CLOSE.");
+create_exception!(
+    _native,
+    TruncatedError,
+    VitalwireError,
+    "The stream ended without an authenticated CLOSE."
+);
 create_exception!(_native, ClosedError, VitalwireError, "The session is closed.");
 create_exception!(_native, PayloadTooLargeError, VitalwireError, "The payload exceeds the peer's limit.");
 create_exception!(_native, SessionTimeoutError, VitalwireError, "A timer ended the handshake or session.");
@@ -37,9 +57,9 @@ fn err(e: vw::Error) -> PyErr {
         E::Handshake(H::UnknownPeer | H::RevokedPeer | H::UnexpectedPeerKey)
         | E::Handshake(H::Rejected(vw::RejectReason::UnknownCredential))
         | E::Unauthorized => UntrustedPeerError::new_err(msg),
-        E::Handshake(H::AuthenticationFailed) | E::AuthenticationFailed | E::Dropped(D::AuthenticationFailed) => {
-            AuthenticationError::new_err(msg)
-        }
+        E::Handshake(H::AuthenticationFailed)
+        | E::AuthenticationFailed
+        | E::Dropped(D::AuthenticationFailed) => AuthenticationError::new_err(msg),
         E::Handshake(H::Timeout) | E::DeadPeer | E::SessionExpired => SessionTimeoutError::new_err(msg),
         E::Handshake(_) => HandshakeError::new_err(msg),
         E::Dropped(D::Replay | D::TooOld) => ReplayError::new_err(msg),
@@ -60,7 +80,8 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(f(b.as_bytes()));
     }
-    let buf = PyBuffer::<u8>::get(obj).map_err(|_| PyTypeError::new_err("expected bytes, bytearray or memoryview"))?;
+    let buf = PyBuffer::<u8>::get(obj)
+        .map_err(|_| PyTypeError::new_err("expected bytes, bytearray or memoryview"))?;
     if !buf.is_c_contiguous() {
         return Err(PyTypeError::new_err("the buffer must be C-contiguous"));
     }
@@ -76,7 +97,9 @@ fn owned_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
 
 fn key32(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
     let v = owned_bytes(obj)?;
-    v.as_slice().try_into().map_err(|_| PyValueError::new_err(format!("{what} must be 32 bytes, got {}", v.len())))
+    v.as_slice()
+        .try_into()
+        .map_err(|_| PyValueError::new_err(format!("{what} must be 32 bytes, got {}", v.len())))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,7 +125,9 @@ impl Keypair {
     /// From 32 private-key bytes.
     #[staticmethod]
     fn from_private(private: &Bound<'_, PyAny>) -> PyResult<Keypair> {
-        Ok(Keypair { inner: vw::Keypair::from_private(vw::PrivateKey::from_bytes(key32(private, "a private key")?)) })
+        Ok(Keypair {
+            inner: vw::Keypair::from_private(vw::PrivateKey::from_bytes(key32(private, "a private key")?)),
+        })
     }
     /// Reads a private key file (refused if group/others can read it).
     #[staticmethod]
@@ -116,7 +141,9 @@ impl Keypair {
         let mut public = path.clone().into_os_string();
         public.push(".pub");
         vw::keyfile::write_private_key(&path, self.inner.private(), comment)
-            .and_then(|_| vw::keyfile::write_public_key(std::path::Path::new(&public), self.inner.public(), comment))
+            .and_then(|_| {
+                vw::keyfile::write_public_key(std::path::Path::new(&public), self.inner.public(), comment)
+            })
             .map_err(|e| KeyFileError::new_err(e.to_string()))
     }
     /// The 32-byte public key.
@@ -167,12 +194,16 @@ impl TrustStore {
     /// Opens an existing store file (a missing or damaged file is an error).
     #[staticmethod]
     fn open(path: std::path::PathBuf) -> PyResult<TrustStore> {
-        Ok(TrustStore { inner: Arc::new(vw::TrustStore::open(path).map_err(|e| KeyFileError::new_err(e.to_string()))?) })
+        Ok(TrustStore {
+            inner: Arc::new(vw::TrustStore::open(path).map_err(|e| KeyFileError::new_err(e.to_string()))?),
+        })
     }
     /// Creates a new, empty store file.
     #[staticmethod]
     fn create(path: std::path::PathBuf) -> PyResult<TrustStore> {
-        Ok(TrustStore { inner: Arc::new(vw::TrustStore::create(path).map_err(|e| KeyFileError::new_err(e.to_string()))?) })
+        Ok(TrustStore {
+            inner: Arc::new(vw::TrustStore::create(path).map_err(|e| KeyFileError::new_err(e.to_string()))?),
+        })
     }
     /// Admits a device key.
     #[pyo3(signature = (public, device_id, label = ""))]
@@ -237,7 +268,12 @@ struct Message {
 #[pymethods]
 impl Message {
     fn __repr__(&self, py: Python<'_>) -> String {
-        format!("Message(kind={:?}, channel={}, payload={} bytes)", self.kind, self.channel, self.payload.bind(py).as_bytes().len())
+        format!(
+            "Message(kind={:?}, channel={}, payload={} bytes)",
+            self.kind,
+            self.channel,
+            self.payload.bind(py).as_bytes().len()
+        )
     }
 }
 
@@ -280,12 +316,8 @@ impl SecurityEvent {
 
 fn event(e: vw::SecurityEvent) -> SecurityEvent {
     let json = e.to_json_line();
-    let kind = json
-        .split("\"event\":\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap_or("unknown")
-        .to_string();
+    let kind =
+        json.split("\"event\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("unknown").to_string();
     SecurityEvent {
         kind,
         severity: format!("{:?}", e.severity).to_lowercase(),
@@ -297,11 +329,13 @@ fn event(e: vw::SecurityEvent) -> SecurityEvent {
 }
 
 fn profile(name: &str) -> PyResult<vw::Profile> {
-    vw::Profile::from_name(name).ok_or_else(|| ConfigError::new_err(format!("unknown profile {name:?} (xx, ik, kk, xxpsk3)")))
+    vw::Profile::from_name(name)
+        .ok_or_else(|| ConfigError::new_err(format!("unknown profile {name:?} (xx, ik, kk, xxpsk3)")))
 }
 
 fn suite(name: &str) -> PyResult<vw::CipherSuite> {
-    vw::CipherSuite::from_name(name).ok_or_else(|| ConfigError::new_err(format!("unknown suite {name:?} (chachapoly, aesgcm)")))
+    vw::CipherSuite::from_name(name)
+        .ok_or_else(|| ConfigError::new_err(format!("unknown suite {name:?} (chachapoly, aesgcm)")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -326,7 +360,8 @@ fn initiator_config(
         firmware: firmware.into(),
         max_frame_len,
     };
-    let mut c = vw::InitiatorConfig::new(profile(profile_name)?, keypair.inner.clone(), identity).suite(suite(suite_name)?);
+    let mut c = vw::InitiatorConfig::new(profile(profile_name)?, keypair.inner.clone(), identity)
+        .suite(suite(suite_name)?);
     if let Some(k) = host_key {
         c = c.host_key(vw::PublicKey::from_bytes(key32(k, "host_key")?));
     }
@@ -351,101 +386,30 @@ fn initiator_config(
     Ok(c)
 }
 
-enum Phase {
-    Handshaking(Box<vw::Handshake>),
-    Established(Box<vw::Session>),
-    Failed(vw::Error),
-}
-
-struct ConnInner {
-    phase: Phase,
-    recv: BytesMut,
-    out: BytesMut,
-    decoder: vw::StreamDecoder,
-    events: Vec<vw::SecurityEvent>,
-    now: u64,
-}
-
-impl ConnInner {
-    fn drain_events(&mut self) {
-        let now = vw::Timestamp(self.now);
-        match &mut self.phase {
-            Phase::Handshaking(h) => self.events.extend(std::iter::from_fn(|| h.poll_event(now))),
-            Phase::Established(s) => self.events.extend(std::iter::from_fn(|| s.poll_event(now))),
-            Phase::Failed(_) => {}
-        }
-    }
-
-    /// Writes what the handshake wants to send, and promotes it to a session when done.
-    fn advance(&mut self) -> Result<(), vw::Error> {
-        if let Phase::Handshaking(h) = &mut self.phase {
-            while h.wants_write() {
-                h.write_message(&mut self.out)?;
-                if let Some(e) = h.error() {
-                    return Err(e);
-                }
-            }
-            if h.is_finished() {
-                self.drain_events();
-                let Phase::Handshaking(h) = std::mem::replace(&mut self.phase, Phase::Failed(vw::Error::Closed)) else {
-                    unreachable!()
-                };
-                let session = h.into_session()?;
-                self.decoder.set_max_frame_len(session.max_frame_len());
-                self.phase = Phase::Established(Box::new(session));
-            }
-        }
-        Ok(())
-    }
-
-    fn fail(&mut self, e: vw::Error) -> vw::Error {
-        self.drain_events();
-        if e.is_fatal() {
-            if let Phase::Established(s) = &mut self.phase {
-                s.poll_transmit(&mut self.out);
-            }
-            if let Phase::Handshaking(h) = &mut self.phase {
-                while h.wants_write() && h.write_message(&mut self.out).is_ok() {}
-                self.events.extend(std::iter::from_fn(|| h.poll_event(vw::Timestamp(self.now))));
-            }
-            self.phase = Phase::Failed(e);
-        }
-        e
-    }
-}
-
 /// One connection over a byte stream (TCP, serial, BLE L2CAP), device or host side: the
 /// handshake, then the session. Feed received bytes to `receive()`, send what
 /// `data_to_send()` returns.
 #[pyclass(frozen, module = "vitalwire._native")]
 struct Connection {
-    inner: Mutex<ConnInner>,
+    inner: Mutex<vw::Connection>,
 }
 
 impl Connection {
     fn wrap(hs: vw::Handshake) -> PyResult<Connection> {
-        let mut inner = ConnInner {
-            decoder: vw::StreamDecoder::new(hs.max_frame_len()),
-            phase: Phase::Handshaking(Box::new(hs)),
-            recv: BytesMut::new(),
-            out: BytesMut::new(),
-            events: Vec::new(),
-            now: 0,
-        };
-        inner.advance().map_err(err)?;
-        Ok(Connection { inner: Mutex::new(inner) })
+        Ok(Connection { inner: Mutex::new(vw::Connection::new(hs).map_err(err)?) })
     }
 
-    fn session<R>(&self, f: impl FnOnce(&mut vw::Session, &mut BytesMut) -> Result<R, vw::Error>) -> PyResult<R> {
-        let mut g = lock(&self.inner);
-        let inner = &mut *g;
-        let r = match &mut inner.phase {
-            Phase::Established(s) => f(s, &mut inner.out),
-            Phase::Handshaking(_) => return Err(ConfigError::new_err("the handshake is not finished")),
-            Phase::Failed(e) => Err(*e),
-        };
-        inner.drain_events();
-        r.map_err(|e| err(inner.fail(e)))
+    /// Runs `f` on the connection, with the GIL released when `large`.
+    fn run<R: Send>(
+        &self,
+        py: Python<'_>,
+        large: bool,
+        f: impl FnOnce(&mut vw::Connection) -> Result<R, vw::Error> + Send,
+    ) -> PyResult<R> {
+        let mut c = lock(&self.inner);
+        let conn: &mut vw::Connection = &mut c;
+        let r = if large { py.detach(|| f(conn)) } else { f(conn) };
+        r.map_err(err)
     }
 }
 
@@ -533,204 +497,125 @@ impl Connection {
 
     /// Bytes to put on the link now (handshake messages, answers, CLOSE frames).
     fn data_to_send<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let mut g = lock(&self.inner);
-        let bytes = PyBytes::new(py, &g.out);
-        g.out.clear();
-        bytes
+        PyBytes::new(py, &lock(&self.inner).take_output())
     }
 
     /// Feeds bytes received from the link; returns the messages they completed. Raises on
     /// tampering, protocol violations and handshake failures (the connection then stays
     /// failed; what it queued for the peer is in `data_to_send()`).
     fn receive<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Vec<Message>> {
-        let mut g = lock(&self.inner);
-        with_bytes(data, |b| g.recv.extend_from_slice(b))?;
-        let mut messages = Vec::new();
-        loop {
-            let inner = &mut *g;
-            if let Phase::Failed(e) = inner.phase {
-                return Err(err(e));
-            }
-            let frame = match inner.decoder.decode(&mut inner.recv) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    let e = match &mut inner.phase {
-                        Phase::Established(s) => s.handle_decode_error(e),
-                        _ => vw::Error::Decode(e),
-                    };
-                    return Err(err(inner.fail(e)));
-                }
-            };
-            match &mut inner.phase {
-                Phase::Handshaking(h) => {
-                    if let Err(e) = h.read_message(&frame) {
-                        return Err(err(inner.fail(e)));
-                    }
-                    if let Err(e) = inner.advance() {
-                        return Err(err(inner.fail(e)));
-                    }
-                }
-                Phase::Established(s) => {
-                    let large = frame.len() >= DETACH_AT;
-                    let result = if large { py.detach(|| s.open(frame)) } else { s.open(frame) };
-                    s.poll_transmit(&mut inner.out);
-                    match result {
-                        Ok(incoming) => messages.push(message(py, incoming)),
-                        Err(e) if !e.is_fatal() => {
-                            inner.drain_events();
-                            return Err(err(e));
-                        }
-                        Err(e) => return Err(err(inner.fail(e))),
-                    }
-                }
-                Phase::Failed(_) => unreachable!(),
-            }
-        }
-        g.drain_events();
-        Ok(messages)
+        let incoming = if let Ok(b) = data.cast::<PyBytes>() {
+            let bytes: &[u8] = b.as_bytes();
+            self.run(py, bytes.len() >= DETACH_AT, |c| c.receive(bytes))?
+        } else {
+            let bytes = owned_bytes(data)?;
+            self.run(py, bytes.len() >= DETACH_AT, |c| c.receive(&bytes))?
+        };
+        Ok(incoming.into_iter().map(|i| message(py, i)).collect())
     }
 
-    /// Seals one DATA frame and returns its bytes (also appended to nothing else).
-    fn send<'py>(&self, py: Python<'py>, channel: u8, payload: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    /// Seals one DATA frame and returns its bytes.
+    fn send<'py>(
+        &self,
+        py: Python<'py>,
+        channel: u8,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let wire = if let Ok(b) = payload.cast::<PyBytes>() {
             let data: &[u8] = b.as_bytes();
-            if data.len() >= DETACH_AT {
-                self.session(|s, _| py.detach(|| seal(s, channel, data)))?
-            } else {
-                self.session(|s, _| seal(s, channel, data))?
-            }
+            self.run(py, data.len() >= DETACH_AT, |c| c.send(channel, data))?
         } else {
             let data = owned_bytes(payload)?;
-            self.session(|s, _| if data.len() >= DETACH_AT { py.detach(|| seal(s, channel, &data)) } else { seal(s, channel, &data) })?
+            self.run(py, data.len() >= DETACH_AT, |c| c.send(channel, &data))?
         };
         Ok(PyBytes::new(py, &wire))
     }
 
     /// Sends a message of any size up to the negotiated limit (fragmented when needed).
-    fn send_message<'py>(&self, py: Python<'py>, channel: u8, payload: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn send_message<'py>(
+        &self,
+        py: Python<'py>,
+        channel: u8,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let data = owned_bytes(payload)?;
-        let wire = self.session(|s, _| {
-            let mut out = BytesMut::new();
-            py.detach(|| s.seal_message(channel, &data, &mut out))?;
-            Ok(out)
-        })?;
+        let wire = self.run(py, data.len() >= DETACH_AT, |c| c.send_message(channel, &data))?;
         Ok(PyBytes::new(py, &wire))
     }
 
     /// Rolls the sending key now; returns the REKEY frame.
     fn rekey<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let wire = self.session(|s, _| {
-            let mut out = BytesMut::new();
-            s.rekey(&mut out).map(|()| out)
-        })?;
-        Ok(PyBytes::new(py, &wire))
+        Ok(PyBytes::new(py, &self.run(py, false, |c| c.rekey())?))
     }
 
     /// Sends a PING with 8 opaque bytes; returns the frame.
     fn ping<'py>(&self, py: Python<'py>, opaque: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        let o: [u8; 8] = owned_bytes(opaque)?.try_into().map_err(|_| PyValueError::new_err("ping data must be 8 bytes"))?;
-        let wire = self.session(|s, _| {
-            let mut out = BytesMut::new();
-            s.send_ping(o, &mut out).map(|()| out)
-        })?;
-        Ok(PyBytes::new(py, &wire))
+        let o: [u8; 8] = owned_bytes(opaque)?
+            .try_into()
+            .map_err(|_| PyValueError::new_err("ping data must be 8 bytes"))?;
+        Ok(PyBytes::new(py, &self.run(py, false, |c| c.ping(o))?))
     }
 
     /// Closes with a reason code (0 = normal); returns the CLOSE frame.
     #[pyo3(signature = (code = 0))]
     fn close<'py>(&self, py: Python<'py>, code: u16) -> PyResult<Bound<'py, PyBytes>> {
-        let wire = self.session(|s, _| {
-            let mut out = BytesMut::new();
-            s.close(vw::CloseCode(code), &mut out).map(|()| out)
-        })?;
-        Ok(PyBytes::new(py, &wire))
+        Ok(PyBytes::new(py, &self.run(py, false, |c| c.close(vw::CloseCode(code)))?))
     }
 
     /// The link ended. Raises `TruncatedError` unless the peer's CLOSE was received.
-    fn end_of_stream(&self) -> PyResult<()> {
-        let mut g = lock(&self.inner);
-        if !g.recv.is_empty() {
-            let e = vw::Error::Decode(vw::DecodeError::IncompleteFrame { buffered: g.recv.len() });
-            return Err(err(g.fail(e)));
-        }
-        match &mut g.phase {
-            Phase::Established(s) => {
-                let r = s.handle_eof();
-                g.drain_events();
-                r.map_err(err)
-            }
-            Phase::Handshaking(_) => Err(err(g.fail(vw::Error::Truncated))),
-            Phase::Failed(e) => Err(err(*e)),
-        }
+    fn end_of_stream(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, false, |c| c.end_of_stream())
     }
 
     /// Runs the timers at `now_ms` (milliseconds, any epoch you keep using).
-    fn handle_timeout(&self, now_ms: u64) -> PyResult<()> {
-        let mut g = lock(&self.inner);
-        g.now = now_ms;
-        let r = match &mut g.phase {
-            Phase::Handshaking(h) => h.handle_timeout(vw::Timestamp(now_ms)),
-            Phase::Established(s) => s.handle_timeout(vw::Timestamp(now_ms)),
-            Phase::Failed(e) => Err(*e),
-        };
-        let inner = &mut *g;
-        if let Phase::Established(s) = &mut inner.phase {
-            s.poll_transmit(&mut inner.out);
-        }
-        inner.drain_events();
-        r.map_err(|e| err(inner.fail(e)))
+    fn handle_timeout(&self, py: Python<'_>, now_ms: u64) -> PyResult<()> {
+        self.run(py, false, |c| c.handle_timeout(vw::Timestamp(now_ms)))
     }
 
     /// When to call `handle_timeout` next (ms), or None.
     fn poll_timeout(&self) -> Option<u64> {
-        match &lock(&self.inner).phase {
-            Phase::Handshaking(h) => h.poll_timeout().map(|t| t.0),
-            Phase::Established(s) => s.poll_timeout().map(|t| t.0),
-            Phase::Failed(_) => None,
-        }
+        lock(&self.inner).poll_timeout().map(|t| t.0)
     }
 
     /// Security events since the last call (stamped with the last time passed in).
     fn events(&self) -> Vec<SecurityEvent> {
-        let mut g = lock(&self.inner);
-        g.drain_events();
-        std::mem::take(&mut g.events).into_iter().map(event).collect()
+        lock(&self.inner).take_events().into_iter().map(event).collect()
     }
 
     /// `"handshaking"`, `"established"`, `"closed"` or `"failed"`.
     #[getter]
     fn state(&self) -> &'static str {
-        match &lock(&self.inner).phase {
-            Phase::Handshaking(_) => "handshaking",
-            Phase::Established(s) if s.is_closed() => "closed",
-            Phase::Established(_) => "established",
-            Phase::Failed(_) => "failed",
+        match lock(&self.inner).state() {
+            vw::ConnectionState::Handshaking => "handshaking",
+            vw::ConnectionState::Established => "established",
+            vw::ConnectionState::Closed => "closed",
+            vw::ConnectionState::Failed => "failed",
         }
     }
 
     /// Whether the session is up.
     #[getter]
     fn is_established(&self) -> bool {
-        matches!(lock(&self.inner).phase, Phase::Established(_))
+        lock(&self.inner).session().is_some()
     }
 
     /// The peer's static public key (once known).
     #[getter]
     fn remote_static<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        match &lock(&self.inner).phase {
-            Phase::Established(s) => Some(PyBytes::new(py, s.remote_static().as_bytes())),
-            Phase::Handshaking(h) => h.remote_static().map(|k| PyBytes::new(py, k.as_bytes())),
-            Phase::Failed(_) => None,
-        }
+        let c = lock(&self.inner);
+        let key = match (c.session(), c.handshake()) {
+            (Some(s), _) => Some(*s.remote_static()),
+            (None, Some(h)) => h.remote_static(),
+            _ => None,
+        };
+        key.map(|k| PyBytes::new(py, k.as_bytes()))
     }
 
     /// The device's identity (host side) as a dict.
     #[getter]
     fn peer_identity<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let g = lock(&self.inner);
-        let Phase::Established(s) = &g.phase else { return Ok(None) };
-        let Some(id) = s.peer_identity() else { return Ok(None) };
+        let c = lock(&self.inner);
+        let Some(id) = c.session().and_then(|s| s.peer_identity()) else { return Ok(None) };
         let d = PyDict::new(py);
         d.set_item("device_id", &id.device_id)?;
         d.set_item("model", &id.model)?;
@@ -742,39 +627,24 @@ impl Connection {
     /// The Noise handshake hash (32 bytes), once established.
     #[getter]
     fn handshake_hash<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        match &lock(&self.inner).phase {
-            Phase::Established(s) => Some(PyBytes::new(py, s.handshake_hash())),
-            _ => None,
-        }
+        lock(&self.inner).session().map(|s| PyBytes::new(py, s.handshake_hash()))
     }
 
     /// In a pairing session: the 6-digit code to compare.
     #[getter]
     fn pairing_code(&self) -> Option<String> {
-        match &lock(&self.inner).phase {
-            Phase::Established(s) => s.pairing_code().map(|c| c.to_string()),
-            _ => None,
-        }
+        lock(&self.inner).session().and_then(|s| s.pairing_code()).map(|c| c.to_string())
     }
 
     /// The largest payload `send` accepts.
     #[getter]
     fn max_payload_len(&self) -> Option<usize> {
-        match &lock(&self.inner).phase {
-            Phase::Established(s) => Some(s.max_payload_len()),
-            _ => None,
-        }
+        lock(&self.inner).session().map(|s| s.max_payload_len())
     }
 
     fn __repr__(&self) -> String {
         format!("Connection(state={:?})", self.state())
     }
-}
-
-fn seal(s: &mut vw::Session, channel: u8, data: &[u8]) -> Result<BytesMut, vw::Error> {
-    let mut out = BytesMut::with_capacity(data.len() + 32);
-    s.seal_data(channel, data, &mut out)?;
-    Ok(out)
 }
 
 /// A device in datagram mode (UDP, BLE): handshake with retransmission, replay window, key
@@ -803,10 +673,22 @@ impl DatagramClient {
         index: u32,
     ) -> PyResult<DatagramClient> {
         let c = initiator_config(
-            profile, keypair, device_id, suite, host_key, pinned_host_keys, psk, psk_id, false, "", "", 65535, None,
+            profile,
+            keypair,
+            device_id,
+            suite,
+            host_key,
+            pinned_host_keys,
+            psk,
+            psk_id,
+            false,
+            "",
+            "",
+            65535,
+            None,
         )?;
-        let client =
-            CoreDatagramClient::new(c, index, DatagramConfig::default(), vw::Timestamp(now_ms)).map_err(err)?;
+        let client = CoreDatagramClient::new(c, index, DatagramConfig::default(), vw::Timestamp(now_ms))
+            .map_err(err)?;
         Ok(DatagramClient { inner: Mutex::new(client) })
     }
 
@@ -868,13 +750,22 @@ struct FragmentLink {
 impl FragmentLink {
     #[new]
     #[pyo3(signature = (mtu, *, max_message_len = 65536, max_in_flight = 4, timeout_ms = 10000))]
-    fn new(mtu: usize, max_message_len: usize, max_in_flight: usize, timeout_ms: u64) -> PyResult<FragmentLink> {
+    fn new(
+        mtu: usize,
+        max_message_len: usize,
+        max_in_flight: usize,
+        timeout_ms: u64,
+    ) -> PyResult<FragmentLink> {
         let limits = ReassemblyLimits { max_message_len, max_in_flight, timeout_ms };
         Ok(FragmentLink { inner: Mutex::new(CoreFragmentLink::new(mtu, limits).map_err(err)?) })
     }
 
     /// The link packets of one datagram.
-    fn split<'py>(&self, py: Python<'py>, datagram: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    fn split<'py>(
+        &self,
+        py: Python<'py>,
+        datagram: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let d = owned_bytes(datagram)?;
         let pieces = lock(&self.inner).split(&d).map_err(err)?;
         Ok(pieces.iter().map(|p| PyBytes::new(py, p)).collect())
@@ -882,7 +773,12 @@ impl FragmentLink {
 
     /// Takes one link packet; returns a datagram when complete, else None. A dropped
     /// fragment raises `DecodeError`.
-    fn receive<'py>(&self, py: Python<'py>, packet: &Bound<'py, PyAny>, now_ms: u64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn receive<'py>(
+        &self,
+        py: Python<'py>,
+        packet: &Bound<'py, PyAny>,
+        now_ms: u64,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let p = owned_bytes(packet)?;
         match lock(&self.inner).receive(&p, vw::Timestamp(now_ms)) {
             Ok(Some(d)) => Ok(Some(PyBytes::new(py, &d))),

@@ -79,6 +79,7 @@
 extern crate alloc;
 
 pub mod cipher;
+pub mod connection;
 pub mod datagram;
 pub mod error;
 pub mod events;
@@ -106,6 +107,7 @@ pub mod trust;
 #[cfg(feature = "std")]
 pub mod trust_store;
 
+pub use connection::{Connection, ConnectionState};
 pub use error::DropReason;
 pub use error::{DecodeError, Error, HandshakeError, KeyError, ProtocolError, RejectReason};
 pub use events::{Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timer, Timestamp};
