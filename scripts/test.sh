@@ -21,6 +21,9 @@ cargo test --workspace
 step "Python package (wheel in a virtualenv, pytest with interop, mypy --strict; scripts/python-test.sh)"
 scripts/python-test.sh
 
+step "Kotlin and Swift bindings (toolchains, generated sources, tests, interop; scripts/uniffi-test.sh)"
+scripts/uniffi-test.sh
+
 step "fuzz smoke (every cargo-fuzz target for a few seconds; scripts/fuzz.sh)"
 scripts/fuzz.sh smoke 5
 
