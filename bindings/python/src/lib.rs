@@ -508,8 +508,9 @@ impl Connection {
             let bytes: &[u8] = b.as_bytes();
             self.run(py, bytes.len() >= DETACH_AT, |c| c.receive(bytes))?
         } else {
-            let bytes = owned_bytes(data)?;
-            self.run(py, bytes.len() >= DETACH_AT, |c| c.receive(&bytes))?
+            // bytearray / memoryview: read in place under the GIL (it is mutable, so the GIL
+            // stays held while the core reads it).
+            with_bytes(data, |bytes| self.run(py, false, |c| c.receive(bytes)))??
         };
         Ok(incoming.into_iter().map(|i| message(py, i)).collect())
     }
@@ -525,8 +526,7 @@ impl Connection {
             let data: &[u8] = b.as_bytes();
             self.run(py, data.len() >= DETACH_AT, |c| c.send(channel, data))?
         } else {
-            let data = owned_bytes(payload)?;
-            self.run(py, data.len() >= DETACH_AT, |c| c.send(channel, &data))?
+            with_bytes(payload, |data| self.run(py, false, |c| c.send(channel, data)))??
         };
         Ok(PyBytes::new(py, &wire))
     }

@@ -117,7 +117,7 @@ impl Keypair {
     /// A fresh keypair from the OS random number generator.
     #[uniffi::constructor]
     pub fn generate() -> Result<Arc<Self>, VitalwireError> {
-        Ok(Arc::new(Keypair { inner: vw::Keypair::generate().map_err(|e| vw::Error::from(e))? }))
+        Ok(Arc::new(Keypair { inner: vw::Keypair::generate().map_err(vw::Error::from)? }))
     }
     /// From 32 private-key bytes.
     #[uniffi::constructor]
@@ -178,6 +178,10 @@ impl TrustStore {
     /// Number of entries.
     pub fn len(&self) -> u64 {
         self.inner.snapshot().len() as u64
+    }
+    /// Whether the store has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.inner.snapshot().is_empty()
     }
 }
 
