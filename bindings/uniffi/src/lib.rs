@@ -229,16 +229,13 @@ pub struct SecurityEvent {
 }
 
 fn event(e: vw::SecurityEvent) -> SecurityEvent {
-    let json = e.to_json_line();
-    let kind =
-        json.split("\"event\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("unknown").to_string();
     SecurityEvent {
-        kind,
-        severity: format!("{:?}", e.severity).to_lowercase(),
+        kind: e.kind.name().to_string(),
+        severity: e.severity.name().to_string(),
         time: e.time.0,
         peer: e.peer.map(|p| p.to_string()),
+        json: e.to_json_line(),
         device_id: e.device_id,
-        json,
     }
 }
 

@@ -66,6 +66,17 @@ pub enum Severity {
     Alert,
 }
 
+impl Severity {
+    /// `"info"`, `"warning"` or `"alert"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Alert => "alert",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "event", rename_all = "snake_case"))]
@@ -157,6 +168,26 @@ pub enum Timer {
 }
 
 impl EventKind {
+    /// The event's name as it appears in JSON (`"unknown_peer"`, ...).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            EventKind::SessionEstablished { .. } => "session_established",
+            EventKind::SessionClosed { .. } => "session_closed",
+            EventKind::HandshakeFailed { .. } => "handshake_failed",
+            EventKind::UnknownPeer => "unknown_peer",
+            EventKind::RevokedPeer => "revoked_peer",
+            EventKind::AuthenticationFailure => "authentication_failure",
+            EventKind::ProtocolViolation { .. } => "protocol_violation",
+            EventKind::UnknownFrameKind { .. } => "unknown_frame_kind",
+            EventKind::Truncated => "truncated",
+            EventKind::Rekeyed { .. } => "rekeyed",
+            EventKind::LimitExceeded { .. } => "limit_exceeded",
+            EventKind::ReplayRejected { .. } => "replay_rejected",
+            EventKind::TimerExpired { .. } => "timer_expired",
+            EventKind::FragmentDropped => "fragment_dropped",
+        }
+    }
+
     /// The event's severity.
     pub fn severity(&self) -> Severity {
         match self {
@@ -373,6 +404,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(!line.contains('\n'));
         assert_eq!(v["event"], "session_closed");
+        assert_eq!(
+            EventKind::SessionClosed { code: CloseCode::NORMAL, by_peer: true }.name(),
+            "session_closed"
+        );
         assert_eq!(v["code"], "unauthorized (0x0005)");
         assert_eq!(v["by_peer"], true);
         assert_eq!(v["severity"], "warning");
