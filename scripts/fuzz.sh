@@ -20,7 +20,8 @@ printf '%-22s %12s %8s %8s %8s\n' target runs cov ft corpus
 failed=0
 for t in $targets; do
     mkdir -p "corpus/$t"
-    log="logs/$t.log"
+    mkdir -p "logs/$mode"
+    log="logs/$mode/$t.log"
     # A private working corpus for new inputs; the checked-in seeds stay read-only.
     work="target/corpus/$t"
     mkdir -p "$work"
@@ -29,8 +30,8 @@ for t in $targets; do
         echo "FAILED: $t (see fuzz/$log; reproducer in fuzz/artifacts/$t)" >&2
         failed=1
     fi
-    runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
-    last=$(grep -E '^#[0-9]+' "$log" | tail -1)
+    runs=$(grep -a -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
+    last=$(grep -a -E '^#[0-9]+' "$log" | tail -1)
     cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.*ft: \([0-9]*\).*/\1/p' <<<"$last")
     corp=$(sed -n 's/.*corp: \([0-9]*\).*/\1/p' <<<"$last")
