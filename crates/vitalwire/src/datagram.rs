@@ -1202,9 +1202,7 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
     }
 
     fn record(&mut self, e: SecurityEvent) {
-        let mut q = EventQueue::default();
-        q.push(e.kind);
-        self.counters.add(&q.counters);
+        self.counters.count(&e.kind);
         if self.events.len() >= HOST_EVENT_CAPACITY {
             self.events.pop_front();
             self.counters.events_dropped += 1;
@@ -1213,11 +1211,7 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
     }
 
     fn host_event(&mut self, kind: EventKind, now: Timestamp) {
-        let mut q = EventQueue::default();
-        q.push(kind);
-        if let Some(e) = q.poll(now) {
-            self.record(e);
-        }
+        self.record(SecurityEvent::new(kind, now, None, None));
     }
 
     fn fresh_index(&mut self) -> u32 {

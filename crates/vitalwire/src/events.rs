@@ -311,6 +311,23 @@ pub struct SecurityCounters {
 }
 
 impl SecurityCounters {
+    /// Counts one event.
+    pub fn count(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::HandshakeFailed { .. } => self.handshakes_failed += 1,
+            EventKind::UnknownPeer => self.unknown_peers += 1,
+            EventKind::RevokedPeer => self.revoked_peers += 1,
+            EventKind::AuthenticationFailure => self.authentication_failures += 1,
+            EventKind::ProtocolViolation { .. } => self.protocol_violations += 1,
+            EventKind::Truncated => self.truncations += 1,
+            EventKind::Rekeyed { .. } => self.rekeys += 1,
+            EventKind::LimitExceeded { .. } => self.limits_exceeded += 1,
+            EventKind::ReplayRejected { .. } => self.replays += 1,
+            EventKind::FragmentDropped => self.fragments_dropped += 1,
+            _ => {}
+        }
+    }
+
     /// Adds another set of counters (a host summing over sessions).
     pub fn add(&mut self, other: &SecurityCounters) {
         self.handshakes_failed += other.handshakes_failed;
@@ -353,20 +370,7 @@ impl Default for EventQueue {
 
 impl EventQueue {
     pub(crate) fn push(&mut self, kind: EventKind) {
-        let c = &mut self.counters;
-        match kind {
-            EventKind::HandshakeFailed { .. } => c.handshakes_failed += 1,
-            EventKind::UnknownPeer => c.unknown_peers += 1,
-            EventKind::RevokedPeer => c.revoked_peers += 1,
-            EventKind::AuthenticationFailure => c.authentication_failures += 1,
-            EventKind::ProtocolViolation { .. } => c.protocol_violations += 1,
-            EventKind::Truncated => c.truncations += 1,
-            EventKind::Rekeyed { .. } => c.rekeys += 1,
-            EventKind::LimitExceeded { .. } => c.limits_exceeded += 1,
-            EventKind::ReplayRejected { .. } => c.replays += 1,
-            EventKind::FragmentDropped => c.fragments_dropped += 1,
-            _ => {}
-        }
+        self.counters.count(&kind);
         if self.queue.len() >= EVENT_QUEUE_CAPACITY {
             self.queue.pop_front();
             self.counters.events_dropped += 1;
