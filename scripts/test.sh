@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+start=$SECONDS
+step() { printf '\n== [%4ds] %s\n' "$((SECONDS - start))" "$*"; }
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -27,4 +28,4 @@ scripts/uniffi-test.sh
 step "fuzz smoke (every cargo-fuzz target for a few seconds; scripts/fuzz.sh)"
 scripts/fuzz.sh smoke 5
 
-printf '\nall checks passed\n'
+printf '\nall checks passed in %ds\n' "$((SECONDS - start))"

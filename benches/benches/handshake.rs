@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use vitalwire::x25519::Backend;
 use vitalwire::{CipherSuite, Profile};
 use vitalwire_benches::*;
 
@@ -12,7 +13,19 @@ fn handshakes(c: &mut Criterion) {
     let trust = trust_store();
     for (profile, pattern) in [(Profile::Xx, "XX"), (Profile::Ik, "IK"), (Profile::Kk, "KK")] {
         g.bench_function(BenchmarkId::new("vitalwire", pattern), |b| {
-            b.iter(|| vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone()))
+            b.iter(|| {
+                vitalwire_handshake(
+                    profile,
+                    CipherSuite::ChaChaPolyBlake2s,
+                    trust.clone(),
+                    Backend::default(),
+                )
+            })
+        });
+        g.bench_function(BenchmarkId::new("vitalwire_portable_x25519", pattern), |b| {
+            b.iter(|| {
+                vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Backend::Portable)
+            })
         });
         g.bench_function(BenchmarkId::new("snow", pattern), |b| {
             b.iter(|| {

@@ -37,13 +37,19 @@ pub fn vitalwire_handshakes(
     profile: Profile,
     suite: CipherSuite,
     trust: Arc<TrustStore>,
+    x25519: x25519::Backend,
 ) -> (Handshake, Handshake) {
-    let mut c = InitiatorConfig::new(profile, device_keys(), DeviceIdentity::new("BENCH-1")).suite(suite);
+    let mut c = InitiatorConfig::new(profile, device_keys(), DeviceIdentity::new("BENCH-1"))
+        .suite(suite)
+        .x25519_backend(x25519);
     if profile.needs_remote_key() {
         c = c.host_key(*host_keys().public());
     }
     let i = Handshake::initiator(c).unwrap();
-    let r = Handshake::responder(ResponderConfig::new(host_keys(), trust).params(params())).unwrap();
+    let r = Handshake::responder(
+        ResponderConfig::new(host_keys(), trust).params(params()).x25519_backend(x25519),
+    )
+    .unwrap();
     (i, r)
 }
 
@@ -52,8 +58,9 @@ pub fn vitalwire_handshake(
     profile: Profile,
     suite: CipherSuite,
     trust: Arc<TrustStore>,
+    x25519: x25519::Backend,
 ) -> (Session, Session, usize) {
-    let (mut i, mut r) = vitalwire_handshakes(profile, suite, trust);
+    let (mut i, mut r) = vitalwire_handshakes(profile, suite, trust, x25519);
     let mut wire = BytesMut::new();
     let mut dec = StreamDecoder::new(1024);
     let mut bytes = 0;
@@ -68,7 +75,7 @@ pub fn vitalwire_handshake(
 }
 
 pub fn vitalwire_pair(suite: CipherSuite) -> (Session, Session) {
-    let (a, b, _) = vitalwire_handshake(Profile::Ik, suite, trust());
+    let (a, b, _) = vitalwire_handshake(Profile::Ik, suite, trust(), x25519::Backend::default());
     (a, b)
 }
 

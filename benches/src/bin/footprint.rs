@@ -41,14 +41,16 @@ fn main() {
     println!("| handshake | vitalwire bytes | snow (bare Noise) bytes | overhead of vitalwire |");
     println!("|---|---|---|---|");
     for (profile, pattern) in [(Profile::Xx, "XX"), (Profile::Ik, "IK"), (Profile::Kk, "KK")] {
-        let (_, _, v) = vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone());
+        let (_, _, v) =
+            vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Default::default());
         let (i, r) = snow_states(pattern, false);
         let s = snow_handshake(i, r).2;
         println!("| {pattern} | {v} | {s} | {} (framing, HELLO header, identity and parameters) |", v - s);
     }
     let setup = tls_setup();
     let (_, _, tls) = tls_handshake(&setup);
-    let (_, _, ik) = vitalwire_handshake(Profile::Ik, CipherSuite::ChaChaPolyBlake2s, trust.clone());
+    let (_, _, ik) =
+        vitalwire_handshake(Profile::Ik, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Default::default());
     println!();
     println!("| handshake, both directions | bytes | ratio to vitalwire IK |");
     println!("|---|---|---|");
@@ -72,7 +74,8 @@ fn main() {
     let pair = live() - before;
     drop((a, b));
     let before = live();
-    let (i, mut r) = vitalwire_handshakes(Profile::Xx, CipherSuite::ChaChaPolyBlake2s, trust.clone());
+    let (i, mut r) =
+        vitalwire_handshakes(Profile::Xx, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Default::default());
     let mut wire = BytesMut::new();
     let mut i = i;
     i.write_message(&mut wire).unwrap();

@@ -38,6 +38,7 @@ use crate::profile::{CipherSuite, Profile, PROTOCOL_VERSION};
 use crate::session::{Session, SessionSetup};
 use crate::stream;
 use crate::trust::{TrustDecision, TrustPolicy};
+use crate::x25519;
 
 /// Which end of the handshake this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +98,7 @@ pub struct InitiatorConfig {
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
     fixed_pairing_nonce: Option<[u8; PAIRING_NONCE_LEN]>,
+    x25519: x25519::Backend,
 }
 
 impl core::fmt::Debug for InitiatorConfig {
@@ -127,6 +129,7 @@ impl InitiatorConfig {
             entropy: None,
             fixed_ephemeral: None,
             fixed_pairing_nonce: None,
+            x25519: x25519::Backend::default(),
         }
     }
 
@@ -171,6 +174,13 @@ impl InitiatorConfig {
         self
     }
 
+    /// The X25519 implementation ([`x25519::Backend`]); the default is the fastest one
+    /// compiled in. Both give identical results.
+    pub fn x25519_backend(mut self, backend: x25519::Backend) -> Self {
+        self.x25519 = backend;
+        self
+    }
+
     /// Uses a fixed ephemeral key, for deterministic test vectors. Never in production: it
     /// destroys forward secrecy.
     #[doc(hidden)]
@@ -200,6 +210,7 @@ pub struct ResponderConfig {
     allow_pairing: bool,
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
+    x25519: x25519::Backend,
 }
 
 impl core::fmt::Debug for ResponderConfig {
@@ -230,6 +241,7 @@ impl ResponderConfig {
             allow_pairing: false,
             entropy: None,
             fixed_ephemeral: None,
+            x25519: x25519::Backend::default(),
         }
     }
 
@@ -274,6 +286,13 @@ impl ResponderConfig {
     /// The random number generator for the ephemeral key (required on `no_std`).
     pub fn entropy(mut self, entropy: Box<dyn EntropySource>) -> Self {
         self.entropy = Some(entropy);
+        self
+    }
+
+    /// The X25519 implementation ([`x25519::Backend`]); the default is the fastest one
+    /// compiled in. Both give identical results.
+    pub fn x25519_backend(mut self, backend: x25519::Backend) -> Self {
+        self.x25519 = backend;
         self
     }
 
@@ -594,7 +613,8 @@ impl Handshake {
             protocol_name: &name,
             initiator: true,
             prologue: &prologue,
-            local: c.keypair.private(),
+            local: &c.keypair,
+            x25519: c.x25519,
             remote: c.remote_key.as_ref(),
             psk: c.psk.as_ref().map(|(_, k)| (3, k)),
             fixed_ephemeral: c.fixed_ephemeral.as_ref(),
@@ -671,7 +691,8 @@ impl Handshake {
                 protocol_name: name,
                 initiator: false,
                 prologue,
-                local: local.private(),
+                local,
+                x25519: x25519::Backend::default(),
                 remote,
                 psk: psk.map(|k| (3, k)),
                 fixed_ephemeral: fixed,
@@ -682,15 +703,18 @@ impl Handshake {
         if candidates.len() > 1 {
             let mut found = None;
             for (i, kp) in candidates.iter().enumerate() {
-                let mut trial = noise::build(setup(
-                    &name,
-                    &prologue,
-                    kp,
-                    remote.as_ref(),
-                    psk.as_ref(),
-                    Some(Box::new(NoEntropy)),
-                    None,
-                ))?;
+                let mut trial = noise::build(NoiseSetup {
+                    x25519: c.x25519,
+                    ..setup(
+                        &name,
+                        &prologue,
+                        kp,
+                        remote.as_ref(),
+                        psk.as_ref(),
+                        Some(Box::new(NoEntropy)),
+                        None,
+                    )
+                })?;
                 let mut scratch = vec![0u8; h.noise.len()];
                 if trial.read_message(h.noise, &mut scratch).is_ok() {
                     found = Some(i);
@@ -699,15 +723,18 @@ impl Handshake {
             }
             chosen = found.ok_or(HandshakeError::AuthenticationFailed)?;
         }
-        let state = noise::build(setup(
-            &name,
-            &prologue,
-            candidates[chosen],
-            remote.as_ref(),
-            psk.as_ref(),
-            c.entropy.take(),
-            c.fixed_ephemeral.as_ref(),
-        ))?;
+        let state = noise::build(NoiseSetup {
+            x25519: c.x25519,
+            ..setup(
+                &name,
+                &prologue,
+                candidates[chosen],
+                remote.as_ref(),
+                psk.as_ref(),
+                c.entropy.take(),
+                c.fixed_ephemeral.as_ref(),
+            )
+        })?;
         self.noise = Some(state);
         self.profile = Some(profile);
         self.suite = Some(suite);

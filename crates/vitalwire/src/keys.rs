@@ -6,11 +6,12 @@ use core::fmt;
 
 use alloc::boxed::Box;
 use sha2::{Digest, Sha256};
-use snow::params::DHChoice;
+#[cfg(feature = "std")]
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::KeyError;
+use crate::x25519;
 
 /// Bytes of an X25519 key.
 pub const KEY_LEN: usize = 32;
@@ -160,15 +161,12 @@ impl PrivateKey {
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        let mut dh = DefaultResolver
-            .resolve_dh(&DHChoice::Curve25519)
-            .expect("the default resolver always provides X25519");
-        dh.set(&self.0);
-        let mut public = [0u8; KEY_LEN];
-        public.copy_from_slice(dh.pubkey());
-        // The Dh object holds a copy of the secret; overwrite it before dropping.
-        dh.set(&[0u8; KEY_LEN]);
-        PublicKey(public)
+        PublicKey(x25519::public_key(&self.0))
+    }
+
+    /// Compares two private keys in constant time.
+    pub(crate) fn ct_eq(&self, other: &[u8; KEY_LEN]) -> bool {
+        self.0.iter().zip(other).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 
@@ -178,18 +176,30 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
-/// A static keypair.
+/// A static keypair. The private key is also kept prepared for the X25519 backend
+/// ([`crate::x25519`]), so handshakes do not redo that work.
 #[derive(Clone)]
 pub struct Keypair {
     private: PrivateKey,
     public: PublicKey,
+    backend: x25519::Backend,
+    secret: x25519::Secret,
 }
 
 impl Keypair {
     /// From a private key; derives the public key.
     pub fn from_private(private: PrivateKey) -> Self {
-        let public = private.public_key();
-        Keypair { private, public }
+        let backend = x25519::Backend::default();
+        let (secret, public) = x25519::Secret::new(backend, private.expose_secret());
+        Keypair { private, public: PublicKey(public), backend, secret }
+    }
+
+    pub(crate) fn backend(&self) -> x25519::Backend {
+        self.backend
+    }
+
+    pub(crate) fn secret(&self) -> &x25519::Secret {
+        &self.secret
     }
 
     /// A fresh keypair from the operating system's random number generator.

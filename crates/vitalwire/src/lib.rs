@@ -65,6 +65,9 @@
 //! - `std` (default): the operating system's random number generator and the ring AEAD for
 //!   the transport. Without it the crate is `#![no_std]` + `alloc`, uses the portable
 //!   RustCrypto AEADs, and needs an [`EntropySource`] for each handshake.
+//! - `aws-lc` (default; implies `std`): X25519 from aws-lc (assembly, about 3x faster
+//!   handshakes than the portable curve25519-dalek code; [`x25519`]). It needs a C compiler
+//!   for the target; turn default features off to build without it.
 //!
 //! ## Security properties
 //! See the threat model in `spec/PROTOCOL.md` §9. In short: every session authenticates both
@@ -106,6 +109,7 @@ pub mod timers;
 pub mod trust;
 #[cfg(feature = "std")]
 pub mod trust_store;
+pub mod x25519;
 
 pub use connection::{Connection, ConnectionState};
 pub use error::DropReason;

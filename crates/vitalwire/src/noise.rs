@@ -12,12 +12,16 @@ use zeroize::Zeroizing;
 
 use crate::cipher::{TransportCipher, CIPHER_KEY_LEN};
 use crate::error::HandshakeError;
-use crate::keys::{EntropySource, PrivateKey, Psk, PublicKey, SnowRandom};
+use crate::keys::{EntropySource, Keypair, PrivateKey, Psk, PublicKey, SnowRandom};
 use crate::profile::{noise_protocol_name, CipherSuite, Profile};
+use crate::x25519;
 
-/// snow's default primitives with a caller-supplied RNG.
+/// snow's default hash and cipher, vitalwire's X25519 ([`crate::x25519`]) and a
+/// caller-supplied RNG.
 struct Resolver {
     rng: RefCell<Option<Box<dyn Random>>>,
+    x25519: x25519::Backend,
+    local: Keypair,
 }
 
 impl CryptoResolver for Resolver {
@@ -25,7 +29,12 @@ impl CryptoResolver for Resolver {
         self.rng.borrow_mut().take().or_else(|| DefaultResolver.resolve_rng())
     }
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        match choice {
+            DHChoice::Curve25519 => {
+                Some(Box::new(x25519::NoiseDh::new(self.x25519, Some(self.local.clone()))))
+            }
+            _ => None,
+        }
     }
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
         DefaultResolver.resolve_hash(choice)
@@ -40,7 +49,8 @@ pub(crate) struct NoiseSetup<'a> {
     pub protocol_name: &'a str,
     pub initiator: bool,
     pub prologue: &'a [u8],
-    pub local: &'a PrivateKey,
+    pub local: &'a Keypair,
+    pub x25519: x25519::Backend,
     pub remote: Option<&'a PublicKey>,
     /// (modifier position, key)
     pub psk: Option<(u8, &'a Psk)>,
@@ -56,12 +66,12 @@ pub(crate) fn protocol_name(profile: Profile, suite: CipherSuite) -> alloc::stri
 pub(crate) fn build(setup: NoiseSetup<'_>) -> Result<snow::HandshakeState, HandshakeError> {
     let params: NoiseParams = setup.protocol_name.parse().map_err(|_| HandshakeError::Noise)?;
     let rng: Option<Box<dyn Random>> = setup.entropy.map(|e| Box::new(SnowRandom(e)) as Box<dyn Random>);
-    let resolver = Resolver { rng: RefCell::new(rng) };
+    let resolver = Resolver { rng: RefCell::new(rng), x25519: setup.x25519, local: setup.local.clone() };
     if resolver.rng.borrow().is_none() && DefaultResolver.resolve_rng().is_none() {
         return Err(HandshakeError::NoEntropy);
     }
     let mut builder = snow::Builder::with_resolver(params, Box::new(resolver))
-        .local_private_key(setup.local.expose_secret())
+        .local_private_key(setup.local.private().expose_secret())
         .and_then(|b| b.prologue(setup.prologue))
         .map_err(|_| HandshakeError::Noise)?;
     if let Some(remote) = setup.remote {

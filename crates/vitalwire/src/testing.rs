@@ -7,9 +7,10 @@ use alloc::vec::Vec;
 
 use crate::cipher::TransportCipher;
 use crate::error::Error;
-use crate::keys::{PrivateKey, Psk, PublicKey};
+use crate::keys::{Keypair, PrivateKey, Psk, PublicKey};
 use crate::noise::{self, NoiseSetup};
 use crate::profile::CipherSuite;
+use crate::x25519::Backend;
 
 /// One side of a bare Noise handshake.
 pub struct BareNoiseForTestingOnly {
@@ -18,7 +19,9 @@ pub struct BareNoiseForTestingOnly {
 }
 
 impl BareNoiseForTestingOnly {
-    /// Builds one side. `psk` is placed at position 3 (the only PSK profile is XXpsk3).
+    /// Builds one side on the X25519 backend `x25519`. `psk` is placed at position 3 (the
+    /// only PSK profile is XXpsk3).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         protocol_name: &str,
         initiator: bool,
@@ -27,6 +30,7 @@ impl BareNoiseForTestingOnly {
         ephemeral: &PrivateKey,
         remote: Option<&PublicKey>,
         psk: Option<&Psk>,
+        x25519: Backend,
     ) -> Result<Self, Error> {
         let suite = if protocol_name.ends_with("AESGCM_SHA256") {
             CipherSuite::AesGcmSha256
@@ -37,7 +41,8 @@ impl BareNoiseForTestingOnly {
             protocol_name,
             initiator,
             prologue,
-            local,
+            local: &Keypair::from_private(local.clone()),
+            x25519,
             remote,
             psk: psk.map(|p| (3, p)),
             fixed_ephemeral: Some(ephemeral),

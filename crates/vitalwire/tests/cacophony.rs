@@ -27,8 +27,23 @@ fn psk(v: &Value, k: &str) -> Option<Psk> {
         .map(|s| Psk::from_slice(&hex::decode(s).unwrap()).unwrap())
 }
 
+/// Every X25519 backend compiled in.
+fn x25519_backends() -> Vec<x25519::Backend> {
+    vec![
+        x25519::Backend::Portable,
+        #[cfg(feature = "aws-lc")]
+        x25519::Backend::AwsLc,
+    ]
+}
+
 #[test]
-fn cacophony_vectors_for_all_eight_profile_suite_pairs() {
+fn cacophony_vectors_for_all_eight_profile_suite_pairs_on_every_x25519_backend() {
+    for backend in x25519_backends() {
+        check_cacophony(backend);
+    }
+}
+
+fn check_cacophony(backend: x25519::Backend) {
     let data: Value = serde_json::from_str(include_str!("data/cacophony.json")).unwrap();
     let vectors = data["vectors"].as_array().unwrap();
     let mut names: Vec<String> = Vec::new();
@@ -45,6 +60,7 @@ fn cacophony_vectors_for_all_eight_profile_suite_pairs() {
             &private(v, "init_ephemeral"),
             public(v, "init_remote_static").as_ref(),
             init_psk.as_ref(),
+            backend,
         )
         .unwrap();
         let mut resp = BareNoiseForTestingOnly::new(
@@ -55,6 +71,7 @@ fn cacophony_vectors_for_all_eight_profile_suite_pairs() {
             &private(v, "resp_ephemeral"),
             public(v, "resp_remote_static").as_ref(),
             resp_psk.as_ref(),
+            backend,
         )
         .unwrap();
         let messages = v["messages"].as_array().unwrap();
@@ -65,7 +82,11 @@ fn cacophony_vectors_for_all_eight_profile_suite_pairs() {
             let expected = hex_field(m, "ciphertext").unwrap();
             let (w, r) = if i % 2 == 0 { (&mut init, &mut resp) } else { (&mut resp, &mut init) };
             let ct = w.write(&payload).unwrap();
-            assert_eq!(hex::encode(&ct), hex::encode(&expected), "{name} handshake message {i}");
+            assert_eq!(
+                hex::encode(&ct),
+                hex::encode(&expected),
+                "{name} handshake message {i} ({backend:?})"
+            );
             assert_eq!(r.read(&ct).unwrap(), payload, "{name} handshake message {i}");
             i += 1;
         }

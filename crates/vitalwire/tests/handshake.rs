@@ -270,3 +270,46 @@ fn invalid_configurations_are_refused_up_front() {
         Err(Error::Config(_))
     ));
 }
+
+/// spec §3.2: an all-zero Diffie-Hellman result aborts the handshake. In XX the host's first
+/// DH (`ee`, while writing message 2) uses the device's ephemeral key from the HELLO; a HELLO
+/// carrying a low-order point instead must fail there, on every X25519 backend, and be recorded.
+#[test]
+fn a_low_order_ephemeral_key_aborts_the_handshake_on_every_backend() {
+    let k = keys();
+    let backends = [
+        x25519::Backend::Portable,
+        #[cfg(feature = "aws-lc")]
+        x25519::Backend::AwsLc,
+    ];
+    for backend in backends {
+        for low_order in [[0u8; 32], {
+            let mut one = [0u8; 32];
+            one[0] = 1;
+            one
+        }] {
+            let ephemeral = PrivateKey::from_bytes([0x61; 32]);
+            let e_public = ephemeral.public_key();
+            let mut i = Handshake::initiator(
+                initiator_config(Profile::Xx, CipherSuite::default(), &k)
+                    .fixed_ephemeral_for_testing_only(ephemeral)
+                    .x25519_backend(backend),
+            )
+            .unwrap();
+            let mut wire = BytesMut::new();
+            i.write_message(&mut wire).unwrap();
+            let at = wire.windows(32).position(|w| w == e_public.as_bytes()).expect("e is in the HELLO");
+            wire[at..at + 32].copy_from_slice(&low_order);
+            let mut r =
+                Handshake::responder(responder_config(&k, SessionParams::default()).x25519_backend(backend))
+                    .unwrap();
+            r.read_message(&one_frame(&mut wire)).unwrap();
+            assert_eq!(
+                r.write_message(&mut wire).err(),
+                Some(Error::Handshake(HandshakeError::AuthenticationFailed)),
+                "{backend:?}"
+            );
+            assert_eq!(r.security_counters().handshakes_failed, 1, "{backend:?}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! X25519, the Diffie-Hellman function of every handshake (spec/PROTOCOL.md §3.2), on one of
+//! two backends that produce identical results:
+//!
+//! - [`Backend::AwsLc`] (feature `aws-lc`, on by default): aws-lc's X25519, formally verified
+//!   assembly (s2n-bignum) on x86_64 and aarch64, about 3x faster than the portable code on
+//!   this project's benchmark machine (`benches/README.md`);
+//! - [`Backend::Portable`]: curve25519-dalek's Montgomery ladder, pure Rust, the only backend
+//!   without `std` (firmware).
+//!
+//! Both reject a Diffie-Hellman result of all zeros, which only a low-order public key can
+//! produce (RFC 7748 §6.1): the handshake then fails as an authentication failure.
+//!
+//! snow asks this module for its `Dh` objects ([`crate::noise`]). The local static key's
+//! public half is known in advance ([`Keypair`]), so setting it costs nothing: snow's own
+//! implementation would recompute it (one scalar multiplication per handshake and side).
+
+use zeroize::Zeroizing;
+
+use crate::keys::{Keypair, KEY_LEN};
+
+/// Which implementation computes X25519.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// aws-lc (feature `aws-lc`; the default there).
+    #[cfg(feature = "aws-lc")]
+    #[default]
+    AwsLc,
+    /// curve25519-dalek (the default without the `aws-lc` feature).
+    #[cfg_attr(not(feature = "aws-lc"), default)]
+    Portable,
+}
+
+/// The failure of a Diffie-Hellman computation: the public key is a low-order point (the
+/// result would be all zeros) or could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowOrderPoint;
+
+/// A private key prepared for one backend.
+pub(crate) enum Secret {
+    Portable(Zeroizing<[u8; KEY_LEN]>),
+    /// aws-lc holds the key in its own memory, which it zeroizes when the key is freed.
+    #[cfg(feature = "aws-lc")]
+    AwsLc(alloc::sync::Arc<aws_lc_rs::agreement::PrivateKey>),
+}
+
+impl Clone for Secret {
+    fn clone(&self) -> Self {
+        match self {
+            Secret::Portable(k) => Secret::Portable(Zeroizing::new(**k)),
+            #[cfg(feature = "aws-lc")]
+            Secret::AwsLc(k) => Secret::AwsLc(k.clone()),
+        }
+    }
+}
+
+impl Secret {
+    /// Prepares `private` for `backend` and returns it with its public key.
+    pub(crate) fn new(backend: Backend, private: &[u8; KEY_LEN]) -> (Secret, [u8; KEY_LEN]) {
+        match backend {
+            #[cfg(feature = "aws-lc")]
+            Backend::AwsLc => {
+                use aws_lc_rs::agreement::{PrivateKey, X25519};
+                // A 32-byte key is always accepted; fall back to the portable code if aws-lc
+                // ever refuses one rather than fail.
+                if let Ok(key) = PrivateKey::from_private_key(&X25519, private) {
+                    if let Ok(public) = key.compute_public_key() {
+                        if let Ok(public) = <[u8; KEY_LEN]>::try_from(public.as_ref()) {
+                            return (Secret::AwsLc(alloc::sync::Arc::new(key)), public);
+                        }
+                    }
+                }
+                Secret::new(Backend::Portable, private)
+            }
+            Backend::Portable => {
+                let public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*private).to_bytes();
+                (Secret::Portable(Zeroizing::new(*private)), public)
+            }
+        }
+    }
+
+    /// `DH(private, public)`: the 32-byte shared secret, or an error for a low-order point.
+    pub(crate) fn diffie_hellman(
+        &self,
+        public: &[u8; KEY_LEN],
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, LowOrderPoint> {
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        match self {
+            Secret::Portable(private) => {
+                *out = curve25519_dalek::MontgomeryPoint(*public).mul_clamped(**private).to_bytes();
+            }
+            #[cfg(feature = "aws-lc")]
+            Secret::AwsLc(private) => {
+                use aws_lc_rs::agreement::{agree, UnparsedPublicKey, X25519};
+                // aws-lc itself refuses an all-zero result.
+                agree(private, UnparsedPublicKey::new(&X25519, &public[..]), LowOrderPoint, |s| {
+                    out.copy_from_slice(s.get(..KEY_LEN).ok_or(LowOrderPoint)?);
+                    Ok(())
+                })?;
+            }
+        }
+        // Constant time up to the verdict, which is public (the handshake aborts).
+        if out.iter().fold(0u8, |acc, b| acc | b) == 0 {
+            return Err(LowOrderPoint);
+        }
+        Ok(out)
+    }
+}
+
+/// The public key of `private` (on the default backend).
+pub fn public_key(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    Secret::new(Backend::default(), private).1
+}
+
+/// `DH(private, public)` on `backend`: the shared secret, or [`LowOrderPoint`].
+pub fn diffie_hellman(
+    backend: Backend,
+    private: &[u8; KEY_LEN],
+    public: &[u8; KEY_LEN],
+) -> Result<Zeroizing<[u8; KEY_LEN]>, LowOrderPoint> {
+    Secret::new(backend, private).0.diffie_hellman(public)
+}
+
+/// snow's `Dh` for X25519 on a chosen backend.
+pub(crate) struct NoiseDh {
+    backend: Backend,
+    /// The local static keypair: when snow sets this private key, its prepared secret and
+    /// public key are reused instead of recomputed.
+    known: Option<Keypair>,
+    private: Zeroizing<[u8; KEY_LEN]>,
+    public: [u8; KEY_LEN],
+    secret: Option<Secret>,
+}
+
+impl NoiseDh {
+    pub(crate) fn new(backend: Backend, known: Option<Keypair>) -> Self {
+        NoiseDh { backend, known, private: Zeroizing::new([0; KEY_LEN]), public: [0; KEY_LEN], secret: None }
+    }
+
+    fn set_private(&mut self, private: [u8; KEY_LEN]) {
+        *self.private = private;
+        if let Some(known) = &self.known {
+            if known.private().ct_eq(&self.private) && known.backend() == self.backend {
+                self.public = *known.public().as_bytes();
+                self.secret = Some(known.secret().clone());
+                return;
+            }
+        }
+        let (secret, public) = Secret::new(self.backend, &self.private);
+        self.public = public;
+        self.secret = Some(secret);
+    }
+}
+
+impl snow::types::Dh for NoiseDh {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+    fn pub_len(&self) -> usize {
+        KEY_LEN
+    }
+    fn priv_len(&self) -> usize {
+        KEY_LEN
+    }
+    fn set(&mut self, privkey: &[u8]) {
+        let mut private = Zeroizing::new([0u8; KEY_LEN]);
+        let n = privkey.len().min(KEY_LEN);
+        private[..n].copy_from_slice(&privkey[..n]);
+        self.set_private(*private);
+    }
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        let mut private = Zeroizing::new([0u8; KEY_LEN]);
+        rng.try_fill_bytes(&mut private[..])?;
+        self.set_private(*private);
+        Ok(())
+    }
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+    fn privkey(&self) -> &[u8] {
+        &self.private[..]
+    }
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let public: &[u8; KEY_LEN] =
+            pubkey.get(..KEY_LEN).and_then(|p| p.try_into().ok()).ok_or(snow::Error::Dh)?;
+        let secret = self.secret.as_ref().ok_or(snow::Error::Dh)?;
+        let shared = secret.diffie_hellman(public).map_err(|_| snow::Error::Dh)?;
+        out.get_mut(..KEY_LEN).ok_or(snow::Error::Dh)?.copy_from_slice(&shared[..]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn h(s: &str) -> [u8; 32] {
+        hex::decode(s).unwrap().try_into().unwrap()
+    }
+
+    fn backends() -> alloc::vec::Vec<Backend> {
+        alloc::vec![
+            Backend::Portable,
+            #[cfg(feature = "aws-lc")]
+            Backend::AwsLc,
+        ]
+    }
+
+    /// The low-order points of Curve25519 and their non-canonical encodings (libsodium's list).
+    const LOW_ORDER: [&str; 7] = [
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ];
+
+    #[test]
+    fn rfc7748_section_6_1_on_every_backend() {
+        let a = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+        let b = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
+        let a_pub = h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+        let b_pub = h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f");
+        let shared = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        for backend in backends() {
+            assert_eq!(Secret::new(backend, &a).1, a_pub, "{backend:?}");
+            assert_eq!(Secret::new(backend, &b).1, b_pub, "{backend:?}");
+            assert_eq!(*diffie_hellman(backend, &a, &b_pub).unwrap(), shared, "{backend:?}");
+            assert_eq!(*diffie_hellman(backend, &b, &a_pub).unwrap(), shared, "{backend:?}");
+        }
+    }
+
+    #[test]
+    fn low_order_points_are_refused_by_every_backend() {
+        for backend in backends() {
+            for p in LOW_ORDER {
+                assert_eq!(
+                    diffie_hellman(backend, &[0x42; 32], &h(p)),
+                    Err(LowOrderPoint),
+                    "{backend:?} {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_known_static_key_is_reused_not_recomputed() {
+        use snow::types::Dh;
+        let keys = Keypair::from_private(crate::PrivateKey::from_bytes([9; 32]));
+        let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()));
+        dh.set(&[9; 32]);
+        assert_eq!(dh.pubkey(), keys.public().as_bytes());
+        // Another key on the same object is derived, not confused with the known one.
+        dh.set(&[8; 32]);
+        assert_eq!(dh.pubkey(), &public_key(&[8; 32]));
+    }
+
+    proptest! {
+        #[test]
+        fn backends_agree_on_any_input(private in any::<[u8; 32]>(), public in any::<[u8; 32]>()) {
+            let results: alloc::vec::Vec<_> =
+                backends().into_iter().map(|b| diffie_hellman(b, &private, &public).map(|s| *s)).collect();
+            prop_assert!(results.windows(2).all(|w| w[0] == w[1]), "{:?}", results);
+            let publics: alloc::vec::Vec<_> = backends().into_iter().map(|b| Secret::new(b, &private).1).collect();
+            prop_assert!(publics.windows(2).all(|w| w[0] == w[1]));
+        }
+    }
+}
