@@ -115,6 +115,25 @@ pub fn stream_round_trip(
     }
 }
 
+/// Seal on `a`, open on `b` in place in the sender's buffer: the slice API
+/// (`StreamDecoder::frame_len` + `Session::open_in_place`), no `Bytes` handed out.
+#[inline]
+pub fn stream_round_trip_in_place(
+    a: &mut Session,
+    b: &mut Session,
+    dec: &StreamDecoder,
+    buf: &mut BytesMut,
+    payload: &[u8],
+) -> usize {
+    buf.clear();
+    a.seal_data(1, payload, buf).unwrap();
+    let len = dec.frame_len(buf).unwrap().unwrap();
+    match b.open_in_place(&mut buf[2..2 + len]).unwrap() {
+        IncomingRef::Data { payload, .. } => payload.len(),
+        _ => unreachable!(),
+    }
+}
+
 /// Seal on `a`, open on `b` (datagram mode).
 #[inline]
 pub fn datagram_round_trip(

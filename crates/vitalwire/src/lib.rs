@@ -123,7 +123,7 @@ pub use keys::{EntropyError, EntropySource, Fingerprint, KeyId, Keypair, Private
 pub use pairing::PairingCode;
 pub use payload::{DeviceIdentity, SessionParams};
 pub use profile::{CipherSuite, Profile, PROTOCOL_VERSION};
-pub use session::{Incoming, Session, SessionStats};
+pub use session::{Incoming, IncomingRef, Session, SessionStats};
 pub use stream::StreamDecoder;
 pub use timers::TimerConfig;
 pub use trust::{AllowAnyPeerInsecure, TrustDecision, TrustEntry, TrustList, TrustPolicy};

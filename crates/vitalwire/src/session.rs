@@ -13,7 +13,9 @@
 //! Fatal errors stick: every later call returns the same error, and a CLOSE with the matching
 //! reason is queued for the peer (see [`Session::poll_transmit`]).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use alloc::vec::Vec;
+
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::cipher::TransportCipher;
 use crate::error::{DecodeError, Error, ProtocolError};
@@ -53,6 +55,51 @@ pub enum Incoming {
     /// The peer closed the session. A CLOSE answer is queued if we had not sent one.
     Closed(CloseCode),
     /// One piece of a fragmented message arrived; the message follows when complete.
+    Fragment,
+}
+
+/// What an opened frame meant, the payload borrowed from the caller's buffer
+/// ([`Session::open_in_place`]): the receive path without `BytesMut`/`Bytes`, for fixed
+/// buffers (firmware) and the lowest per-frame cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IncomingRef<'a> {
+    /// Application data on a channel: a slice of the frame buffer (or, for the last piece
+    /// of a fragmented message, of the session's reassembly buffer).
+    Data {
+        /// Channel number.
+        channel: u8,
+        /// The decrypted payload.
+        payload: &'a [u8],
+    },
+    /// The peer pinged; a PONG is queued ([`Session::poll_transmit`]).
+    Ping,
+    /// The answer to one of our PINGs.
+    Pong([u8; PING_LEN]),
+    /// The peer switched its sending key; ours for receiving followed.
+    Rekeyed,
+    /// The peer closed the session. A CLOSE answer is queued if we had not sent one.
+    Closed(CloseCode),
+    /// One piece of a fragmented message arrived; the message follows when complete.
+    Fragment,
+}
+
+/// The outcome of opening a frame body, before the payload is handed out (as `Bytes` or as
+/// a borrowed slice).
+enum Opened {
+    /// DATA whose payload is `body[HEADER_LEN..HEADER_LEN + len]`.
+    Data {
+        channel: u8,
+        len: usize,
+    },
+    /// A reassembled message, waiting in `Session::completed`.
+    Message {
+        channel: u8,
+    },
+    Ping,
+    Pong([u8; PING_LEN]),
+    Rekeyed,
+    Closed(CloseCode),
     Fragment,
 }
 
@@ -113,6 +160,8 @@ pub struct Session {
     pending_rekey: bool,
     /// The fragmented message being received, if any (fragments arrive contiguously).
     reassembly: Option<Reassembler>,
+    /// The last reassembled message, until it is handed out.
+    completed: Option<Vec<u8>>,
     next_message_id: u16,
 }
 
@@ -148,6 +197,7 @@ impl Session {
             pending_ping: false,
             pending_rekey: false,
             reassembly: None,
+            completed: None,
             next_message_id: 0,
         }
     }
@@ -408,32 +458,68 @@ impl Session {
     /// Any failure of authentication or of the protocol's rules is fatal and sticks; a frame
     /// of unknown kind is discarded with [`Error::UnknownFrameKind`] and the session goes on.
     pub fn open(&mut self, mut frame: BytesMut) -> Result<Incoming, Error> {
+        Ok(match self.open_body(&mut frame[..])? {
+            Opened::Data { channel, len } => {
+                frame.truncate(HEADER_LEN + len);
+                frame.advance(HEADER_LEN);
+                Incoming::Data { channel, payload: frame.freeze() }
+            }
+            Opened::Message { channel } => {
+                Incoming::Data { channel, payload: Bytes::from(self.completed.take().unwrap_or_default()) }
+            }
+            Opened::Ping => Incoming::Ping,
+            Opened::Pong(opaque) => Incoming::Pong(opaque),
+            Opened::Rekeyed => Incoming::Rekeyed,
+            Opened::Closed(code) => Incoming::Closed(code),
+            Opened::Fragment => Incoming::Fragment,
+        })
+    }
+
+    /// Opens one transport frame body in place, in the caller's buffer (see
+    /// [`crate::StreamDecoder::frame_len`] to find it): the same rules as [`Session::open`],
+    /// without `BytesMut` or `Bytes`. The buffer holds the plaintext afterwards, and garbage
+    /// if opening failed.
+    pub fn open_in_place<'a>(&'a mut self, frame: &'a mut [u8]) -> Result<IncomingRef<'a>, Error> {
+        Ok(match self.open_body(frame)? {
+            Opened::Data { channel, len } => {
+                IncomingRef::Data { channel, payload: &frame[HEADER_LEN..HEADER_LEN + len] }
+            }
+            Opened::Message { channel } => {
+                IncomingRef::Data { channel, payload: self.completed.as_deref().unwrap_or_default() }
+            }
+            Opened::Ping => IncomingRef::Ping,
+            Opened::Pong(opaque) => IncomingRef::Pong(opaque),
+            Opened::Rekeyed => IncomingRef::Rekeyed,
+            Opened::Closed(code) => IncomingRef::Closed(code),
+            Opened::Fragment => IncomingRef::Fragment,
+        })
+    }
+
+    /// Decrypts `body` in place and applies the receiver rules (spec §5.3).
+    fn open_body(&mut self, body: &mut [u8]) -> Result<Opened, Error> {
         match self.state {
+            State::Open | State::LocalClosed => {}
             State::Failed(e) => return Err(e),
             State::RemoteClosed(_) | State::Closed(_) => {
                 return Err(self.fail(ProtocolError::FrameAfterClose.into()));
             }
-            State::Open | State::LocalClosed => {}
         }
-        if frame.len() > self.max_frame_len() {
+        if body.len() > self.max_frame_len() {
             self.events.push(EventKind::LimitExceeded { limit: Limit::FrameTooLarge });
             return Err(self.fail(ProtocolError::FrameTooLarge.into()));
         }
-        if frame.len() < FRAME_OVERHEAD {
-            return Err(
-                self.fail(DecodeError::FrameTooShort { len: frame.len(), min: FRAME_OVERHEAD }.into())
-            );
+        if body.len() < FRAME_OVERHEAD {
+            return Err(self.fail(DecodeError::FrameTooShort { len: body.len(), min: FRAME_OVERHEAD }.into()));
         }
-        let plain_len = match self.rx.open_in_place(&[], &mut frame[..]) {
+        let plain_len = match self.rx.open_in_place(&[], body) {
             Ok(n) => n,
             Err(e) => return Err(self.fail(e)),
         };
-        frame.truncate(plain_len);
-        let header = match FrameHeader::decode([frame[0], frame[1], frame[2]]) {
+        let header = match FrameHeader::decode([body[0], body[1], body[2]]) {
             Ok(h) => h,
             Err(e) => return Err(self.fail(e.into())),
         };
-        frame.advance(HEADER_LEN);
+        let payload = &body[HEADER_LEN..plain_len];
         self.stats.frames_received += 1;
         self.timers.received();
         self.rx_under_key += 1;
@@ -442,32 +528,39 @@ impl Session {
             return Err(self.fail(ProtocolError::RekeyOverdue.into()));
         }
         match header.kind {
+            FrameKind::DATA if header.flags == 0 && self.reassembly.is_none() && !self.is_pairing() => {
+                // The common case, checked first.
+                Ok(Opened::Data { channel: header.channel, len: payload.len() })
+            }
             FrameKind::DATA if self.is_pairing() => {
                 Err(self.fail(ProtocolError::DataInPairingSession.into()))
             }
-            FrameKind::DATA if header.flags & FLAG_FRAGMENT != 0 => self.reassemble(header.channel, &frame),
+            FrameKind::DATA if header.flags & FLAG_FRAGMENT != 0 => {
+                let channel = header.channel;
+                self.reassemble(channel, &body[HEADER_LEN..plain_len])
+            }
             FrameKind::DATA if self.reassembly.as_ref().is_some_and(|r| r.in_flight() > 0) => {
                 // spec §5.4: the pieces of a message travel back to back.
                 Err(self.fail(ProtocolError::InterleavedFragments.into()))
             }
-            FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: frame.freeze() }),
+            FrameKind::DATA => Ok(Opened::Data { channel: header.channel, len: payload.len() }),
             FrameKind::PING => {
-                let opaque = self.control_payload::<PING_LEN>(FrameKind::PING, &frame)?;
+                let opaque = self.control_payload::<PING_LEN>(FrameKind::PING, payload)?;
                 self.pending_pong = Some(opaque);
-                Ok(Incoming::Ping)
+                Ok(Opened::Ping)
             }
-            FrameKind::PONG => Ok(Incoming::Pong(self.control_payload::<PING_LEN>(FrameKind::PONG, &frame)?)),
+            FrameKind::PONG => Ok(Opened::Pong(self.control_payload::<PING_LEN>(FrameKind::PONG, payload)?)),
             FrameKind::REKEY => {
-                self.control_payload::<0>(FrameKind::REKEY, &frame)?;
+                self.control_payload::<0>(FrameKind::REKEY, payload)?;
                 self.rx.rekey();
                 self.rx_under_key = 0;
                 self.stats.rekeys_received += 1;
                 self.events.push(EventKind::Rekeyed { direction: Direction::Inbound });
-                Ok(Incoming::Rekeyed)
+                Ok(Opened::Rekeyed)
             }
             FrameKind::CLOSE => {
                 let code =
-                    CloseCode(u16::from_be_bytes(self.control_payload::<2>(FrameKind::CLOSE, &frame)?));
+                    CloseCode(u16::from_be_bytes(self.control_payload::<2>(FrameKind::CLOSE, payload)?));
                 self.state = match self.state {
                     State::LocalClosed => State::Closed(code),
                     _ => {
@@ -476,7 +569,7 @@ impl Session {
                         State::RemoteClosed(code)
                     }
                 };
-                Ok(Incoming::Closed(code))
+                Ok(Opened::Closed(code))
             }
             FrameKind(kind) => {
                 self.events.push(EventKind::UnknownFrameKind { kind });
@@ -520,7 +613,7 @@ impl Session {
         self.seal_one(FrameHeader { kind: FrameKind(kind), flags, channel }, payload, out)
     }
 
-    fn reassemble(&mut self, channel: u8, piece: &[u8]) -> Result<Incoming, Error> {
+    fn reassemble(&mut self, channel: u8, piece: &[u8]) -> Result<Opened, Error> {
         let limits = ReassemblyLimits {
             max_message_len: self.setup.params.max_message_len as usize,
             max_in_flight: 1,
@@ -528,8 +621,11 @@ impl Session {
         };
         let r = self.reassembly.get_or_insert_with(|| Reassembler::new(limits));
         match r.push(piece, Timestamp(0)) {
-            Reassembled::Pending => Ok(Incoming::Fragment),
-            Reassembled::Complete(message) => Ok(Incoming::Data { channel, payload: Bytes::from(message) }),
+            Reassembled::Pending => Ok(Opened::Fragment),
+            Reassembled::Complete(message) => {
+                self.completed = Some(message);
+                Ok(Opened::Message { channel })
+            }
             Reassembled::Dropped(_) => {
                 // On a reliable, authenticated stream a bad fragment is the peer's fault.
                 self.events.push(EventKind::FragmentDropped);
@@ -619,13 +715,14 @@ impl Session {
         })?;
         out.reserve(LENGTH_PREFIX_LEN + body_len);
         let start = out.len();
-        out.put_u16(len);
-        out.put_slice(&header.encode());
-        out.put_slice(payload);
+        let [len_hi, len_lo] = len.to_be_bytes();
+        let [kind, flags, channel] = header.encode();
+        out.extend_from_slice(&[len_hi, len_lo, kind, flags, channel]);
+        out.extend_from_slice(payload);
         let sealed = self.tx.seal_in_place(&[], &mut out[start + LENGTH_PREFIX_LEN..]);
         match sealed {
             Ok(tag) => {
-                out.put_slice(&tag);
+                out.extend_from_slice(&tag);
                 self.timers.sent();
                 self.tx_under_key += 1;
                 self.stats.frames_sent += 1;

@@ -45,10 +45,28 @@ impl StreamDecoder {
     /// `buf` is shared. When the frame is incomplete, reserves room for the rest (bounded by
     /// the checked length) and returns `Ok(None)`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, DecodeError> {
-        if buf.len() < LENGTH_PREFIX_LEN {
-            return Ok(None);
+        match self.frame_len(buf)? {
+            Some(len) => {
+                buf.advance(LENGTH_PREFIX_LEN);
+                Ok(Some(buf.split_to(len)))
+            }
+            None => {
+                if let Some(len) = self.announced_len(buf) {
+                    buf.reserve(LENGTH_PREFIX_LEN + len - buf.len());
+                }
+                Ok(None)
+            }
         }
-        let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+    }
+
+    /// The length of the complete frame body at the front of `buf`, if there is one: the body
+    /// is `buf[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len]`. For receive buffers that are
+    /// plain slices (with [`crate::Session::open_in_place`]). `Ok(None)` means "need more
+    /// bytes"; an error means the stream is invalid and must be closed.
+    pub fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        let Some(len) = self.announced_len(buf) else {
+            return Ok(None);
+        };
         // spec §2: "a receiver MUST reject a length of zero or above its maximum before
         // buffering the body".
         if len == 0 {
@@ -57,12 +75,15 @@ impl StreamDecoder {
         if len > self.max_frame_len {
             return Err(DecodeError::FrameTooLarge { len, max: self.max_frame_len });
         }
-        if buf.len() < LENGTH_PREFIX_LEN + len {
-            buf.reserve(LENGTH_PREFIX_LEN + len - buf.len());
-            return Ok(None);
+        Ok((buf.len() >= LENGTH_PREFIX_LEN + len).then_some(len))
+    }
+
+    /// The length prefix at the front of `buf`, if it is all there.
+    fn announced_len(&self, buf: &[u8]) -> Option<usize> {
+        match buf {
+            [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo]) as usize),
+            _ => None,
         }
-        buf.advance(LENGTH_PREFIX_LEN);
-        Ok(Some(buf.split_to(len)))
     }
 
     /// Called at end of stream: leftover bytes mean the stream was cut inside a frame.
@@ -119,6 +140,22 @@ mod tests {
         assert!(buf.capacity() < 64, "nothing reserved for a rejected length");
         let mut buf = BytesMut::from(&[0x00, 0x00][..]);
         assert_eq!(dec.decode(&mut buf), Err(DecodeError::EmptyFrame));
+    }
+
+    #[test]
+    fn frame_len_agrees_with_decode_on_slices() {
+        let mut wire = BytesMut::new();
+        write_frame(&mut wire, b"abc").unwrap();
+        let dec = StreamDecoder::new(100);
+        assert_eq!(dec.frame_len(&wire[..1]), Ok(None));
+        assert_eq!(dec.frame_len(&wire[..4]), Ok(None));
+        assert_eq!(dec.frame_len(&wire), Ok(Some(3)));
+        assert_eq!(&wire[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + 3], b"abc");
+        assert_eq!(
+            StreamDecoder::new(2).frame_len(&wire),
+            Err(DecodeError::FrameTooLarge { len: 3, max: 2 })
+        );
+        assert_eq!(dec.frame_len(&[0, 0]), Err(DecodeError::EmptyFrame));
     }
 
     #[test]

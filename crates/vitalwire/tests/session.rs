@@ -278,3 +278,68 @@ proptest! {
         }
     }
 }
+
+/// The slice-based receive path (`StreamDecoder::frame_len` + `Session::open_in_place`) gives
+/// the same results as the `BytesMut` one, for every kind of frame, fragmented messages
+/// included, and fails closed the same way.
+#[test]
+fn open_in_place_on_a_plain_buffer_matches_open() {
+    let params = SessionParams { max_frame_len: 64, max_message_len: 1000, ..SessionParams::default() };
+    let (mut dev, mut host) = session_pair_with(Profile::Ik, CipherSuite::AesGcmSha256, params);
+    let mut wire = BytesMut::new();
+    dev.seal_data(2, b"HR=72", &mut wire).unwrap();
+    dev.send_ping(*b"12345678", &mut wire).unwrap();
+    let long: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+    dev.seal_message(5, &long, &mut wire).unwrap();
+    dev.rekey(&mut wire).unwrap();
+    dev.seal_data(3, b"after rekey", &mut wire).unwrap();
+    dev.close(CloseCode::NORMAL, &mut wire).unwrap();
+
+    // A fixed receive buffer, as firmware would have.
+    let mut rx = [0u8; 2048];
+    rx[..wire.len()].copy_from_slice(&wire);
+    let mut filled = wire.len();
+    let dec = StreamDecoder::new(host.max_frame_len());
+    let mut got: Vec<String> = Vec::new();
+    while let Some(len) = dec.frame_len(&rx[..filled]).unwrap() {
+        let body = &mut rx[2..2 + len];
+        got.push(match host.open_in_place(body).unwrap() {
+            IncomingRef::Data { channel, payload } if payload == &long[..] => format!("data {channel} long"),
+            IncomingRef::Data { channel, payload } => {
+                format!("data {channel} {}", String::from_utf8_lossy(payload))
+            }
+            other => format!("{other:?}"),
+        });
+        rx.copy_within(2 + len..filled, 0);
+        filled -= 2 + len;
+    }
+    assert_eq!(filled, 0);
+    let pieces = got.iter().filter(|g| *g == "Fragment").count();
+    assert!(pieces >= 2, "{got:?}");
+    let rest: Vec<&str> = got.iter().map(String::as_str).filter(|g| *g != "Fragment").collect();
+    assert_eq!(
+        rest,
+        [
+            "data 2 HR=72",
+            "Ping",
+            "data 5 long",
+            "Rekeyed",
+            "data 3 after rekey",
+            "Closed(CloseCode(0x0000 normal))"
+        ]
+    );
+    assert!(host.poll_transmit(&mut BytesMut::new()), "PONG and CLOSE answer queued");
+
+    // Tampering fails closed and sticks, as with `open`.
+    let (mut dev, mut host) = session_pair();
+    let mut wire = BytesMut::new();
+    dev.seal_data(1, b"x", &mut wire).unwrap();
+    dev.seal_data(1, b"y", &mut wire).unwrap();
+    let mut frame = wire.to_vec();
+    frame[5] ^= 0x80;
+    let len = StreamDecoder::new(host.max_frame_len()).frame_len(&frame).unwrap().unwrap();
+    assert_eq!(host.open_in_place(&mut frame[2..2 + len]), Err(Error::AuthenticationFailed));
+    let mut next = wire[2 + len..].to_vec();
+    assert_eq!(host.open_in_place(&mut next[2..]), Err(Error::AuthenticationFailed));
+    assert_eq!(host.security_counters().authentication_failures, 1);
+}
