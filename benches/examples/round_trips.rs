@@ -3,7 +3,8 @@
 //! `valgrind --tool=callgrind target/release/examples/round_trips 64 chacha vitalwire`.
 //!
 //! Arguments: payload size (default 64), suite `chacha` | `aes`, and what to run:
-//! `vitalwire` (stream seal_data + decode + open), `floor` (ring's AEAD on the payload) or
+//! `vitalwire` (stream seal_data + decode + open), `in-place` (seal_data + frame_len +
+//! open_in_place), `floor` (ring's AEAD on the payload) or
 //! `floor+header` (ring's AEAD on the payload plus the 3 header bytes vitalwire encrypts).
 use bytes::BytesMut;
 use vitalwire::{CipherSuite, StreamDecoder};
@@ -26,6 +27,15 @@ fn main() {
             let mut v = Vec::with_capacity(payload.len() + 16);
             for _ in 0..ROUNDS {
                 total += floor.round_trip(&mut v, &payload);
+            }
+        }
+        "in-place" => {
+            let suite = if aes { CipherSuite::AesGcmSha256 } else { CipherSuite::ChaChaPolyBlake2s };
+            let (mut a, mut b) = vitalwire_pair(suite);
+            let dec = StreamDecoder::new(65535);
+            let mut buf = BytesMut::with_capacity(4 * size + 64);
+            for _ in 0..ROUNDS {
+                total += stream_round_trip_in_place(&mut a, &mut b, &dec, &mut buf, &payload);
             }
         }
         _ => {
