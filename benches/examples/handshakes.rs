@@ -14,7 +14,8 @@ fn main() {
     let trust = trust_store();
     let mut bytes = 0;
     for _ in 0..rounds {
-        bytes += vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Default::default()).2;
+        bytes +=
+            vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Default::default()).2;
     }
     println!("{bytes}");
 }
