@@ -55,6 +55,19 @@ fn per_frame(c: &mut Criterion) {
                 b.iter(|| stream_round_trip_in_place(&mut a, &mut bb, &dec, &mut buf, p))
             });
         }
+        // The pure-Rust path (what a no_std build runs), against its own floor.
+        let mut floor = PortableFloor::default();
+        g.bench_with_input(BenchmarkId::new("floor_rustcrypto_chacha", size), &payload, |b, p| {
+            b.iter(|| floor.round_trip(&mut v, p))
+        });
+        let (mut a, mut bb) = vitalwire_portable_pair(CipherSuite::ChaChaPolyBlake2s);
+        let dec = StreamDecoder::new(65535);
+        let mut buf = BytesMut::with_capacity(2 * size + 64);
+        g.bench_with_input(
+            BenchmarkId::new("vitalwire_stream_in_place_portable_chacha", size),
+            &payload,
+            |b, p| b.iter(|| stream_round_trip_in_place(&mut a, &mut bb, &dec, &mut buf, p)),
+        );
         let (mut a, mut bb) = datagram_pair(CipherSuite::ChaChaPolyBlake2s);
         let mut buf = BytesMut::with_capacity(2 * size + 64);
         g.bench_with_input(BenchmarkId::new("vitalwire_datagram_chacha", size), &payload, |b, p| {

@@ -79,6 +79,28 @@ pub fn vitalwire_pair(suite: CipherSuite) -> (Session, Session) {
     (a, b)
 }
 
+/// A stream pair whose transport runs on the portable (pure Rust, `no_std`) AEAD.
+pub fn vitalwire_portable_pair(suite: CipherSuite) -> (Session, Session) {
+    let c = InitiatorConfig::new(Profile::Ik, device_keys(), DeviceIdentity::new("BENCH-1"))
+        .suite(suite)
+        .host_key(*host_keys().public())
+        .cipher_backend(cipher::Backend::Portable);
+    let i = Handshake::initiator(c).unwrap();
+    let r = Handshake::responder(
+        ResponderConfig::new(host_keys(), trust()).params(params()).cipher_backend(cipher::Backend::Portable),
+    )
+    .unwrap();
+    let mut wire = BytesMut::new();
+    let (mut i, mut r) = (i, r);
+    let mut dec = StreamDecoder::new(1024);
+    while !(i.is_finished() && r.is_finished()) {
+        let (a, b) = if i.wants_write() { (&mut i, &mut r) } else { (&mut r, &mut i) };
+        a.write_message(&mut wire).unwrap();
+        b.read_message(&dec.decode(&mut wire).unwrap().unwrap()).unwrap();
+    }
+    (i.into_session().unwrap(), r.into_session().unwrap())
+}
+
 pub fn trust_store() -> Arc<TrustStore> {
     trust()
 }
@@ -184,6 +206,35 @@ impl Floor {
             .open_in_place(ring::aead::Nonce::assume_unique_for_key(n), ring::aead::Aad::empty(), buf)
             .unwrap()
             .len()
+    }
+}
+
+/// The portable floor: RustCrypto's ChaCha20-Poly1305 (the crate vitalwire's `no_std` build
+/// uses) sealing and opening the payload in place, nothing else.
+pub struct PortableFloor {
+    key: chacha20poly1305::ChaCha20Poly1305,
+    nonce: u64,
+}
+
+impl Default for PortableFloor {
+    fn default() -> Self {
+        use chacha20poly1305::KeyInit;
+        PortableFloor { key: chacha20poly1305::ChaCha20Poly1305::new(&[7u8; 32].into()), nonce: 0 }
+    }
+}
+
+impl PortableFloor {
+    #[inline]
+    pub fn round_trip(&mut self, buf: &mut Vec<u8>, payload: &[u8]) -> usize {
+        use chacha20poly1305::AeadInPlace;
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.nonce.to_le_bytes());
+        self.nonce += 1;
+        buf.clear();
+        buf.extend_from_slice(payload);
+        let tag = self.key.encrypt_in_place_detached(&n.into(), &[], buf).unwrap();
+        self.key.decrypt_in_place_detached(&n.into(), &[], buf, &tag).unwrap();
+        buf.len()
     }
 }
 

@@ -26,6 +26,7 @@ use alloc::vec::Vec;
 
 use bytes::BytesMut;
 
+use crate::cipher;
 use crate::error::{DecodeError, Error, HandshakeError, RejectReason};
 use crate::events::{EventKind, EventQueue, SecurityCounters, SecurityEvent, Timestamp};
 use crate::frame::{CloseCode, FrameHeader, FrameKind};
@@ -99,6 +100,7 @@ pub struct InitiatorConfig {
     fixed_ephemeral: Option<PrivateKey>,
     fixed_pairing_nonce: Option<[u8; PAIRING_NONCE_LEN]>,
     x25519: x25519::Backend,
+    cipher: cipher::Backend,
 }
 
 impl core::fmt::Debug for InitiatorConfig {
@@ -130,6 +132,7 @@ impl InitiatorConfig {
             fixed_ephemeral: None,
             fixed_pairing_nonce: None,
             x25519: x25519::Backend::default(),
+            cipher: cipher::Backend::default(),
         }
     }
 
@@ -181,6 +184,13 @@ impl InitiatorConfig {
         self
     }
 
+    /// The transport AEAD implementation ([`cipher::Backend`]); the default is the fastest
+    /// one compiled in. Both give identical bytes (for benchmarks of the portable path).
+    pub fn cipher_backend(mut self, backend: cipher::Backend) -> Self {
+        self.cipher = backend;
+        self
+    }
+
     /// Uses a fixed ephemeral key, for deterministic test vectors. Never in production: it
     /// destroys forward secrecy.
     #[doc(hidden)]
@@ -211,6 +221,7 @@ pub struct ResponderConfig {
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
     x25519: x25519::Backend,
+    cipher: cipher::Backend,
 }
 
 impl core::fmt::Debug for ResponderConfig {
@@ -242,6 +253,7 @@ impl ResponderConfig {
             entropy: None,
             fixed_ephemeral: None,
             x25519: x25519::Backend::default(),
+            cipher: cipher::Backend::default(),
         }
     }
 
@@ -293,6 +305,13 @@ impl ResponderConfig {
     /// compiled in. Both give identical results.
     pub fn x25519_backend(mut self, backend: x25519::Backend) -> Self {
         self.x25519 = backend;
+        self
+    }
+
+    /// The transport AEAD implementation ([`cipher::Backend`]); the default is the fastest
+    /// one compiled in. Both give identical bytes (for benchmarks of the portable path).
+    pub fn cipher_backend(mut self, backend: cipher::Backend) -> Self {
+        self.cipher = backend;
         self
     }
 
@@ -831,12 +850,19 @@ impl Handshake {
         let (Some(state), Some(suite)) = (state, suite) else {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
-        let mut finished = noise::finish(state, suite)?;
+        let mut finished = noise::finish(state, suite, self.cipher_backend())?;
         let mut body = FrameHeader::new(FrameKind::CLOSE, 0).encode().to_vec();
         body.extend_from_slice(&code.0.to_be_bytes());
         let tag = finished.tx.seal_in_place(&[], &mut body)?;
         body.extend_from_slice(&tag);
         Ok(body)
+    }
+
+    fn cipher_backend(&self) -> cipher::Backend {
+        match &self.side {
+            Side::Initiator(c) => c.cipher,
+            Side::Responder(c) => c.cipher,
+        }
     }
 
     /// Consumes the finished handshake into a stream [`Session`].
@@ -854,7 +880,7 @@ impl Handshake {
         else {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
-        let finished = noise::finish(noise_state, suite)?;
+        let finished = noise::finish(noise_state, suite, self.cipher_backend())?;
         let pairing_code = match (&self.pairing, self.h2) {
             (Some(Pairing { nonce: Some(nonce), .. }), Some(h2)) => Some(pairing::code(&h2, nonce)),
             (Some(_), _) => return Err(HandshakeError::PairingCommitmentMismatch.into()),

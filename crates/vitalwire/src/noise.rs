@@ -10,7 +10,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
 
-use crate::cipher::{TransportCipher, CIPHER_KEY_LEN};
+use crate::cipher::{Backend, TransportCipher, CIPHER_KEY_LEN};
 use crate::error::HandshakeError;
 use crate::keys::{EntropySource, Keypair, PrivateKey, Psk, PublicKey, SnowRandom};
 use crate::profile::{noise_protocol_name, CipherSuite, Profile};
@@ -115,6 +115,7 @@ pub(crate) struct Finished {
 pub(crate) fn finish(
     mut state: snow::HandshakeState,
     suite: CipherSuite,
+    backend: Backend,
 ) -> Result<Finished, HandshakeError> {
     if !state.is_handshake_finished() {
         return Err(HandshakeError::UnexpectedMessage);
@@ -128,8 +129,8 @@ pub(crate) fn finish(
         (Zeroizing::new(k1), Zeroizing::new(k2));
     let (tx_key, rx_key) = if state.is_initiator() { (&k1, &k2) } else { (&k2, &k1) };
     Ok(Finished {
-        tx: TransportCipher::new(suite, tx_key),
-        rx: TransportCipher::new(suite, rx_key),
+        tx: TransportCipher::with_backend(suite, backend, tx_key),
+        rx: TransportCipher::with_backend(suite, backend, rx_key),
         handshake_hash,
         remote_static,
     })

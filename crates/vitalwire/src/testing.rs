@@ -74,7 +74,7 @@ impl BareNoiseForTestingOnly {
 
     /// Splits into (send, receive) transport ciphers plus the handshake hash.
     pub fn into_transport(self) -> Result<(TransportCipher, TransportCipher, [u8; 32]), Error> {
-        let f = noise::finish(self.state, self.suite)?;
+        let f = noise::finish(self.state, self.suite, crate::cipher::Backend::default())?;
         Ok((f.tx, f.rx, f.handshake_hash))
     }
 }
