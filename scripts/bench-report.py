@@ -10,7 +10,7 @@ crit = os.path.join(root, "target", "criterion")
 def mean_ns(group, name, param=None):
     parts = [crit, group, name] + ([str(param)] if param is not None else []) + ["new", "estimates.json"]
     with open(os.path.join(*parts)) as f:
-        return json.load(f)["mean"]["point_estimate"]
+        return json.load(f)["median"]["point_estimate"]
 
 
 def us(ns):

@@ -10,8 +10,15 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2" pytest mypy "noiseprotocol==0.3.1"
-# The extension's own build cache (it is a separate cargo workspace).
-export CARGO_TARGET_DIR=$root/target/python
+if [ "${1:-}" = "--bench" ]; then
+    # Benchmarks want the release build (its own cache: it is a separate cargo workspace).
+    export CARGO_TARGET_DIR=$root/target/python
+else
+    # Tests take the dev profile in the main target directory: the dependencies the Rust
+    # stages already compiled with the same features are reused, not rebuilt.
+    export CARGO_TARGET_DIR=$root/target
+    export MATURIN_PEP517_ARGS="--profile dev"
+fi
 "$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
 cargo build -q -p vitalwire-cli
 export VITALWIRE_BIN=$root/target/debug/vitalwire

@@ -43,6 +43,8 @@ if ! command -v swiftc >/dev/null 2>&1; then
             debootstrap --variant=minbase trixie "$swift_root" >>"$log" 2>&1
         fi
         mountpoint -q "$swift_root/proc" || mount -t proc proc "$swift_root/proc"
+        # An install cut short earlier leaves dpkg half-configured: finish it first.
+        chroot "$swift_root" dpkg --configure -a >>"$log" 2>&1 || true
         chroot "$swift_root" apt-get update -qq >>"$log" 2>&1
         DEBIAN_FRONTEND=noninteractive chroot "$swift_root" apt-get install -y -qq --no-install-recommends \
             swiftlang libc6-dev libstdc++-14-dev >>"$log" 2>&1

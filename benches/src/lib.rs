@@ -303,12 +303,24 @@ pub fn snow_round_trip(
 }
 
 /// Certificates for TLS 1.3 with mutual authentication: a CA, a server and a client cert.
+/// Session resumption is off: every handshake is a full one, certificates and signatures
+/// included, like a device's first contact ([`tls_setup_resumable`] for the other case).
 pub struct TlsSetup {
     pub client: Arc<rustls::ClientConfig>,
     pub server: Arc<rustls::ServerConfig>,
 }
 
 pub fn tls_setup() -> TlsSetup {
+    tls_setup_with(false)
+}
+
+/// Like [`tls_setup`], but the client keeps the server's session tickets, so every handshake
+/// after the first is a PSK resumption (X25519 and hashing only, no certificates).
+pub fn tls_setup_resumable() -> TlsSetup {
+    tls_setup_with(true)
+}
+
+fn tls_setup_with(resumption: bool) -> TlsSetup {
     use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -350,6 +362,12 @@ pub fn tls_setup() -> TlsSetup {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
         )
         .unwrap();
+    let (mut client, mut server) = (client, server);
+    if !resumption {
+        client.resumption = rustls::client::Resumption::disabled();
+        server.send_tls13_tickets = 0;
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     TlsSetup { client: Arc::new(client), server: Arc::new(server) }
 }
 
