@@ -184,6 +184,8 @@ pub struct Keypair {
     public: PublicKey,
     backend: x25519::Backend,
     secret: x25519::Secret,
+    #[cfg(feature = "std")]
+    static_static: alloc::sync::Arc<x25519::StaticStaticCache>,
 }
 
 impl Keypair {
@@ -191,7 +193,14 @@ impl Keypair {
     pub fn from_private(private: PrivateKey) -> Self {
         let backend = x25519::Backend::default();
         let (secret, public) = x25519::Secret::new(backend, private.expose_secret());
-        Keypair { private, public: PublicKey(public), backend, secret }
+        Keypair {
+            private,
+            public: PublicKey(public),
+            backend,
+            secret,
+            #[cfg(feature = "std")]
+            static_static: Default::default(),
+        }
     }
 
     pub(crate) fn backend(&self) -> x25519::Backend {
@@ -200,6 +209,11 @@ impl Keypair {
 
     pub(crate) fn secret(&self) -> &x25519::Secret {
         &self.secret
+    }
+
+    #[cfg(feature = "std")]
+    pub(crate) fn static_static(&self) -> &x25519::StaticStaticCache {
+        &self.static_static
     }
 
     /// A fresh keypair from the operating system's random number generator.

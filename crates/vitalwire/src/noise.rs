@@ -22,6 +22,7 @@ struct Resolver {
     rng: RefCell<Option<Box<dyn Random>>>,
     x25519: x25519::Backend,
     local: Keypair,
+    remote: Option<PublicKey>,
 }
 
 impl CryptoResolver for Resolver {
@@ -30,9 +31,11 @@ impl CryptoResolver for Resolver {
     }
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
         match choice {
-            DHChoice::Curve25519 => {
-                Some(Box::new(x25519::NoiseDh::new(self.x25519, Some(self.local.clone()))))
-            }
+            DHChoice::Curve25519 => Some(Box::new(x25519::NoiseDh::new(
+                self.x25519,
+                Some(self.local.clone()),
+                self.remote.map(|k| *k.as_bytes()),
+            ))),
             _ => None,
         }
     }
@@ -66,7 +69,12 @@ pub(crate) fn protocol_name(profile: Profile, suite: CipherSuite) -> alloc::stri
 pub(crate) fn build(setup: NoiseSetup<'_>) -> Result<snow::HandshakeState, HandshakeError> {
     let params: NoiseParams = setup.protocol_name.parse().map_err(|_| HandshakeError::Noise)?;
     let rng: Option<Box<dyn Random>> = setup.entropy.map(|e| Box::new(SnowRandom(e)) as Box<dyn Random>);
-    let resolver = Resolver { rng: RefCell::new(rng), x25519: setup.x25519, local: setup.local.clone() };
+    let resolver = Resolver {
+        rng: RefCell::new(rng),
+        x25519: setup.x25519,
+        local: setup.local.clone(),
+        remote: setup.remote.copied(),
+    };
     if resolver.rng.borrow().is_none() && DefaultResolver.resolve_rng().is_none() {
         return Err(HandshakeError::NoEntropy);
     }

@@ -13,6 +13,15 @@
 //! snow asks this module for its `Dh` objects ([`crate::noise`]). The local static key's
 //! public half is known in advance ([`Keypair`]), so setting it costs nothing: snow's own
 //! implementation would recompute it (one scalar multiplication per handshake and side).
+//!
+//! With `std`, the static-static result `DH(s, rs)` of IK and KK (the `ss` token) is kept
+//! per [`Keypair`] for the remote static keys the application configured (the host key a
+//! device dials; on the host, the device key a KK HELLO names from the trust store), as
+//! WireGuard precomputes it per peer: reconnecting to the same peer then costs one X25519
+//! less on each side that knows the other's key in advance. The value is as secret as the
+//! static private key (either one computes it), is zeroized when evicted or dropped, and the
+//! cache holds at most [`STATIC_STATIC_CACHE_LEN`] peers (oldest evicted); an attacker cannot
+//! add entries (a key must be configured, or trusted, first).
 
 use zeroize::Zeroizing;
 
@@ -121,28 +130,82 @@ pub fn diffie_hellman(
     Secret::new(backend, private).0.diffie_hellman(public)
 }
 
+/// Peers whose static-static result a [`Keypair`] keeps (`std` only).
+pub const STATIC_STATIC_CACHE_LEN: usize = 16;
+
+/// The static-static results of one [`Keypair`], shared by its clones.
+#[cfg(feature = "std")]
+#[derive(Default)]
+pub(crate) struct StaticStaticCache {
+    entries: std::sync::Mutex<alloc::collections::VecDeque<([u8; KEY_LEN], Zeroizing<[u8; KEY_LEN]>)>>,
+}
+
+#[cfg(feature = "std")]
+impl StaticStaticCache {
+    /// `DH(s, remote)`, from the cache or computed by `compute` and remembered.
+    fn get_or_compute(
+        &self,
+        remote: &[u8; KEY_LEN],
+        compute: impl FnOnce() -> Result<Zeroizing<[u8; KEY_LEN]>, LowOrderPoint>,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, LowOrderPoint> {
+        let lock = || self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, shared)) = lock().iter().find(|(k, _)| k == remote) {
+            return Ok(shared.clone());
+        }
+        let shared = compute()?;
+        let mut entries = lock();
+        if !entries.iter().any(|(k, _)| k == remote) {
+            if entries.len() == STATIC_STATIC_CACHE_LEN {
+                entries.pop_front();
+            }
+            entries.push_back((*remote, shared.clone()));
+        }
+        Ok(shared)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+}
+
 /// snow's `Dh` for X25519 on a chosen backend.
 pub(crate) struct NoiseDh {
     backend: Backend,
     /// The local static keypair: when snow sets this private key, its prepared secret and
     /// public key are reused instead of recomputed.
     known: Option<Keypair>,
+    /// The remote static key configured in advance (IK/KK), if any.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    remote: Option<[u8; KEY_LEN]>,
+    /// Whether this object holds `known` (and not an ephemeral key).
+    is_known: bool,
     private: Zeroizing<[u8; KEY_LEN]>,
     public: [u8; KEY_LEN],
     secret: Option<Secret>,
 }
 
 impl NoiseDh {
-    pub(crate) fn new(backend: Backend, known: Option<Keypair>) -> Self {
-        NoiseDh { backend, known, private: Zeroizing::new([0; KEY_LEN]), public: [0; KEY_LEN], secret: None }
+    pub(crate) fn new(backend: Backend, known: Option<Keypair>, remote: Option<[u8; KEY_LEN]>) -> Self {
+        NoiseDh {
+            backend,
+            known,
+            remote,
+            is_known: false,
+            private: Zeroizing::new([0; KEY_LEN]),
+            public: [0; KEY_LEN],
+            secret: None,
+        }
     }
 
     fn set_private(&mut self, private: [u8; KEY_LEN]) {
         *self.private = private;
+        self.is_known = false;
         if let Some(known) = &self.known {
             if known.private().ct_eq(&self.private) && known.backend() == self.backend {
                 self.public = *known.public().as_bytes();
                 self.secret = Some(known.secret().clone());
+                self.is_known = true;
                 return;
             }
         }
@@ -184,7 +247,17 @@ impl snow::types::Dh for NoiseDh {
         let public: &[u8; KEY_LEN] =
             pubkey.get(..KEY_LEN).and_then(|p| p.try_into().ok()).ok_or(snow::Error::Dh)?;
         let secret = self.secret.as_ref().ok_or(snow::Error::Dh)?;
-        let shared = secret.diffie_hellman(public).map_err(|_| snow::Error::Dh)?;
+        let compute = || secret.diffie_hellman(public);
+        #[cfg(feature = "std")]
+        let shared = match &self.known {
+            Some(known) if self.is_known && self.remote.as_ref() == Some(public) => {
+                known.static_static().get_or_compute(public, compute)
+            }
+            _ => compute(),
+        };
+        #[cfg(not(feature = "std"))]
+        let shared = compute();
+        let shared = shared.map_err(|_| snow::Error::Dh)?;
         out.get_mut(..KEY_LEN).ok_or(snow::Error::Dh)?.copy_from_slice(&shared[..]);
         Ok(())
     }
@@ -246,11 +319,46 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "std")]
+    #[test]
+    fn static_static_results_are_kept_only_for_the_configured_peer() {
+        use snow::types::Dh;
+        let keys = Keypair::from_private(crate::PrivateKey::from_bytes([9; 32]));
+        let host = public_key(&[5; 32]);
+        let other = public_key(&[6; 32]);
+        let expected = *diffie_hellman(Backend::Portable, &[9; 32], &host).unwrap();
+        for round in 0..2 {
+            let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()), Some(host));
+            dh.set(&[9; 32]);
+            let mut out = [0u8; 32];
+            dh.dh(&host, &mut out).unwrap();
+            assert_eq!(out, expected, "round {round}");
+            // Any other key (an ephemeral) is computed, not remembered.
+            dh.dh(&other, &mut out).unwrap();
+            assert_eq!(out, *diffie_hellman(Backend::Portable, &[9; 32], &other).unwrap());
+            assert_eq!(keys.static_static().len(), 1);
+        }
+        // An ephemeral key object never uses the cache, even toward the configured peer.
+        let mut e = NoiseDh::new(Backend::default(), Some(keys.clone()), Some(host));
+        e.set(&[3; 32]);
+        let mut out = [0u8; 32];
+        e.dh(&host, &mut out).unwrap();
+        assert_eq!(out, *diffie_hellman(Backend::Portable, &[3; 32], &host).unwrap());
+        // Bounded: the oldest peer is evicted.
+        for i in 0..(STATIC_STATIC_CACHE_LEN as u8 + 4) {
+            let peer = public_key(&[100 + i; 32]);
+            let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()), Some(peer));
+            dh.set(&[9; 32]);
+            dh.dh(&peer, &mut out).unwrap();
+        }
+        assert_eq!(keys.static_static().len(), STATIC_STATIC_CACHE_LEN);
+    }
+
     #[test]
     fn the_known_static_key_is_reused_not_recomputed() {
         use snow::types::Dh;
         let keys = Keypair::from_private(crate::PrivateKey::from_bytes([9; 32]));
-        let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()));
+        let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()), None);
         dh.set(&[9; 32]);
         assert_eq!(dh.pubkey(), keys.public().as_bytes());
         // Another key on the same object is derived, not confused with the known one.

@@ -313,3 +313,30 @@ fn a_low_order_ephemeral_key_aborts_the_handshake_on_every_backend() {
         }
     }
 }
+
+/// Reconnecting with the same keypairs reuses the static-static result (x25519 module docs):
+/// handshakes keep succeeding, and a different host key is never answered from the cache.
+#[test]
+fn repeated_ik_and_kk_handshakes_with_the_same_keys() {
+    let k = keys();
+    for profile in [Profile::Ik, Profile::Kk] {
+        for _ in 0..3 {
+            let i = Handshake::initiator(initiator_config(profile, CipherSuite::default(), &k)).unwrap();
+            let r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+            let (i, r) = run_handshake(i, r).unwrap();
+            assert_eq!(
+                i.into_session().unwrap().handshake_hash(),
+                r.into_session().unwrap().handshake_hash()
+            );
+        }
+        // The same device keypair toward the wrong host key: fails, then the right one works.
+        let wrong = Keypair::from_private(PrivateKey::from_bytes([0x44; 32]));
+        let c = InitiatorConfig::new(profile, k.device.clone(), identity()).host_key(*wrong.public());
+        let i = Handshake::initiator(c).unwrap();
+        let r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+        assert_eq!(run_handshake(i, r).err(), Some(Error::Handshake(HandshakeError::AuthenticationFailed)));
+        let i = Handshake::initiator(initiator_config(profile, CipherSuite::default(), &k)).unwrap();
+        let r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+        assert!(run_handshake(i, r).is_ok(), "{profile}");
+    }
+}
