@@ -133,11 +133,15 @@ pub fn diffie_hellman(
 /// Peers whose static-static result a [`Keypair`] keeps (`std` only).
 pub const STATIC_STATIC_CACHE_LEN: usize = 16;
 
+/// A remote static key and `DH(s, remote)`.
+#[cfg(feature = "std")]
+type StaticStatic = ([u8; KEY_LEN], Zeroizing<[u8; KEY_LEN]>);
+
 /// The static-static results of one [`Keypair`], shared by its clones.
 #[cfg(feature = "std")]
 #[derive(Default)]
 pub(crate) struct StaticStaticCache {
-    entries: std::sync::Mutex<alloc::collections::VecDeque<([u8; KEY_LEN], Zeroizing<[u8; KEY_LEN]>)>>,
+    entries: std::sync::Mutex<alloc::collections::VecDeque<StaticStatic>>,
 }
 
 #[cfg(feature = "std")]
