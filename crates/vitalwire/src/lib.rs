@@ -65,8 +65,8 @@
 //! - `std` (default): the operating system's random number generator and the ring AEAD for
 //!   the transport. Without it the crate is `#![no_std]` + `alloc`, uses the portable
 //!   RustCrypto AEADs, and needs an [`EntropySource`] for each handshake.
-//! - `aws-lc` (default; implies `std`): X25519 from aws-lc (assembly, about 3x faster
-//!   handshakes than the portable curve25519-dalek code; [`x25519`]). It needs a C compiler
+//! - `aws-lc` (default; implies `std`): X25519 from aws-lc (assembly; handshakes about
+//!   2.5x faster than with the portable curve25519-dalek code; [`x25519`]). It needs a C compiler
 //!   for the target; turn default features off to build without it.
 //!
 //! ## Security properties

@@ -2,8 +2,8 @@
 //! two backends that produce identical results:
 //!
 //! - [`Backend::AwsLc`] (feature `aws-lc`, on by default): aws-lc's X25519, formally verified
-//!   assembly (s2n-bignum) on x86_64 and aarch64, about 3x faster than the portable code on
-//!   this project's benchmark machine (`benches/README.md`);
+//!   assembly (s2n-bignum) on x86_64 and aarch64, about 2-2.5x faster per operation than the
+//!   portable code on this project's benchmark machine (`benches/README.md`);
 //! - [`Backend::Portable`]: curve25519-dalek's Montgomery ladder, pure Rust, the only backend
 //!   without `std` (firmware).
 //!
