@@ -21,7 +21,7 @@ else
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
 cargo build -q -p vitalwire-cli
-export VITALWIRE_BIN=$root/target/debug/vitalwire
+export VITALWIRE_BIN=$CARGO_TARGET_DIR/debug/vitalwire
 if [ "${1:-}" = "--bench" ]; then
     exec "$venv/bin/python" bindings/python/bench.py
 fi
