@@ -60,7 +60,13 @@ pub fn vitalwire_handshake(
     trust: Arc<TrustStore>,
     x25519: x25519::Backend,
 ) -> (Session, Session, usize) {
-    let (mut i, mut r) = vitalwire_handshakes(profile, suite, trust, x25519);
+    let (i, r) = vitalwire_handshakes(profile, suite, trust, x25519);
+    run_handshake(i, r)
+}
+
+/// Moves the handshake messages between `i` and `r` until both finish; returns the sessions
+/// and the bytes on the wire.
+pub fn run_handshake(mut i: Handshake, mut r: Handshake) -> (Session, Session, usize) {
     let mut wire = BytesMut::new();
     let mut dec = StreamDecoder::new(1024);
     let mut bytes = 0;
@@ -90,15 +96,8 @@ pub fn vitalwire_portable_pair(suite: CipherSuite) -> (Session, Session) {
         ResponderConfig::new(host_keys(), trust()).params(params()).cipher_backend(cipher::Backend::Portable),
     )
     .unwrap();
-    let mut wire = BytesMut::new();
-    let (mut i, mut r) = (i, r);
-    let mut dec = StreamDecoder::new(1024);
-    while !(i.is_finished() && r.is_finished()) {
-        let (a, b) = if i.wants_write() { (&mut i, &mut r) } else { (&mut r, &mut i) };
-        a.write_message(&mut wire).unwrap();
-        b.read_message(&dec.decode(&mut wire).unwrap().unwrap()).unwrap();
-    }
-    (i.into_session().unwrap(), r.into_session().unwrap())
+    let (a, b, _) = run_handshake(i, r);
+    (a, b)
 }
 
 pub fn trust_store() -> Arc<TrustStore> {
