@@ -96,21 +96,10 @@ fn per_frame(size: usize) -> Vec<(&'static str, f64, f64, &'static str)> {
     ];
     // References: the floor of the same cipher (snow: ChaCha; rustls: AES-256-GCM).
     let reference = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1];
-    let refs = [
-        "",
-        "",
-        "floor_ring_chacha",
-        "floor_ring_aesgcm",
-        "floor_ring_chacha",
-        "floor_ring_aesgcm",
-        "floor_ring_chacha",
-        "floor_ring_aesgcm",
-        "floor_ring_chacha",
-        "floor_ring_aesgcm",
-    ];
     let batch = (200_000 / (size + 200)).max(4);
     let results = interleave(&mut jobs, batch, 1000, &reference);
-    jobs.iter().zip(results).zip(refs).map(|((j, (t, r)), reference)| (j.0, t, r, reference)).collect()
+    let name = |j: usize| if reference[j] == j { "" } else { jobs[reference[j]].0 };
+    results.into_iter().enumerate().map(|(j, (t, r))| (jobs[j].0, t, r, name(j))).collect()
 }
 
 fn handshakes() -> Vec<(&'static str, f64, f64)> {

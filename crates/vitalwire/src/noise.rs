@@ -33,7 +33,7 @@ impl CryptoResolver for Resolver {
         match choice {
             DHChoice::Curve25519 => Some(Box::new(x25519::NoiseDh::new(
                 self.x25519,
-                Some(self.local.clone()),
+                self.local.clone(),
                 self.remote.map(|k| *k.as_bytes()),
             ))),
             _ => None,

@@ -178,7 +178,7 @@ pub(crate) struct NoiseDh {
     backend: Backend,
     /// The local static keypair: when snow sets this private key, its prepared secret and
     /// public key are reused instead of recomputed.
-    known: Option<Keypair>,
+    known: Keypair,
     /// The remote static key configured in advance (IK/KK), if any.
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
     remote: Option<[u8; KEY_LEN]>,
@@ -190,7 +190,7 @@ pub(crate) struct NoiseDh {
 }
 
 impl NoiseDh {
-    pub(crate) fn new(backend: Backend, known: Option<Keypair>, remote: Option<[u8; KEY_LEN]>) -> Self {
+    pub(crate) fn new(backend: Backend, known: Keypair, remote: Option<[u8; KEY_LEN]>) -> Self {
         NoiseDh {
             backend,
             known,
@@ -202,16 +202,14 @@ impl NoiseDh {
         }
     }
 
-    fn set_private(&mut self, private: [u8; KEY_LEN]) {
-        *self.private = private;
-        self.is_known = false;
-        if let Some(known) = &self.known {
-            if known.private().ct_eq(&self.private) && known.backend() == self.backend {
-                self.public = *known.public().as_bytes();
-                self.secret = Some(known.secret().clone());
-                self.is_known = true;
-                return;
-            }
+    /// Takes the private key by reference so no unzeroized copy of it is left on the stack.
+    fn set_private(&mut self, private: &[u8; KEY_LEN]) {
+        *self.private = *private;
+        self.is_known = self.known.private().ct_eq(private) && self.known.backend() == self.backend;
+        if self.is_known {
+            self.public = *self.known.public().as_bytes();
+            self.secret = Some(self.known.secret().clone());
+            return;
         }
         let (secret, public) = Secret::new(self.backend, &self.private);
         self.public = public;
@@ -233,12 +231,12 @@ impl snow::types::Dh for NoiseDh {
         let mut private = Zeroizing::new([0u8; KEY_LEN]);
         let n = privkey.len().min(KEY_LEN);
         private[..n].copy_from_slice(&privkey[..n]);
-        self.set_private(*private);
+        self.set_private(&private);
     }
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
         let mut private = Zeroizing::new([0u8; KEY_LEN]);
         rng.try_fill_bytes(&mut private[..])?;
-        self.set_private(*private);
+        self.set_private(&private);
         Ok(())
     }
     fn pubkey(&self) -> &[u8] {
@@ -253,11 +251,10 @@ impl snow::types::Dh for NoiseDh {
         let secret = self.secret.as_ref().ok_or(snow::Error::Dh)?;
         let compute = || secret.diffie_hellman(public);
         #[cfg(feature = "std")]
-        let shared = match &self.known {
-            Some(known) if self.is_known && self.remote.as_ref() == Some(public) => {
-                known.static_static().get_or_compute(public, compute)
-            }
-            _ => compute(),
+        let shared = if self.is_known && self.remote.as_ref() == Some(public) {
+            self.known.static_static().get_or_compute(public, compute)
+        } else {
+            compute()
         };
         #[cfg(not(feature = "std"))]
         let shared = compute();
@@ -332,7 +329,7 @@ mod tests {
         let other = public_key(&[6; 32]);
         let expected = *diffie_hellman(Backend::Portable, &[9; 32], &host).unwrap();
         for round in 0..2 {
-            let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()), Some(host));
+            let mut dh = NoiseDh::new(Backend::default(), keys.clone(), Some(host));
             dh.set(&[9; 32]);
             let mut out = [0u8; 32];
             dh.dh(&host, &mut out).unwrap();
@@ -343,7 +340,7 @@ mod tests {
             assert_eq!(keys.static_static().len(), 1);
         }
         // An ephemeral key object never uses the cache, even toward the configured peer.
-        let mut e = NoiseDh::new(Backend::default(), Some(keys.clone()), Some(host));
+        let mut e = NoiseDh::new(Backend::default(), keys.clone(), Some(host));
         e.set(&[3; 32]);
         let mut out = [0u8; 32];
         e.dh(&host, &mut out).unwrap();
@@ -351,7 +348,7 @@ mod tests {
         // Bounded: the oldest peer is evicted.
         for i in 0..(STATIC_STATIC_CACHE_LEN as u8 + 4) {
             let peer = public_key(&[100 + i; 32]);
-            let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()), Some(peer));
+            let mut dh = NoiseDh::new(Backend::default(), keys.clone(), Some(peer));
             dh.set(&[9; 32]);
             dh.dh(&peer, &mut out).unwrap();
         }
@@ -362,7 +359,7 @@ mod tests {
     fn the_known_static_key_is_reused_not_recomputed() {
         use snow::types::Dh;
         let keys = Keypair::from_private(crate::PrivateKey::from_bytes([9; 32]));
-        let mut dh = NoiseDh::new(Backend::default(), Some(keys.clone()), None);
+        let mut dh = NoiseDh::new(Backend::default(), keys.clone(), None);
         dh.set(&[9; 32]);
         assert_eq!(dh.pubkey(), keys.public().as_bytes());
         // Another key on the same object is derived, not confused with the known one.
