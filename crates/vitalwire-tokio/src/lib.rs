@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod host;
 pub mod limits;
