@@ -28,6 +28,36 @@ pub struct HostOptions {
     pub max_half_open: usize,
 }
 
+/// How often the host looks for changes to its trust store file (cheap when there are none:
+/// a stat and the file's last line). Revocations and admissions take effect within this time
+/// plus a re-check of the open sessions.
+const TRUST_POLL: Duration = Duration::from_millis(200);
+
+/// Picks up trust store changes; on a change, re-checks every open session (closing revoked
+/// ones with a `revoked_peer` event). A store that cannot be read is reported once and the
+/// last good list stays in force.
+fn reload_trust(store: &TrustStore, host: &Host, error: &mut Option<String>) {
+    match store.reload() {
+        Ok(changed) => {
+            if error.take().is_some() {
+                eprintln!("vitalwire host: trust store readable again");
+            }
+            if changed {
+                host.trust_changed();
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            if error.as_deref() != Some(text.as_str()) {
+                eprintln!(
+                    "vitalwire host: cannot reload the trust store (keeping the last good list): {text}"
+                );
+            }
+            *error = Some(text);
+        }
+    }
+}
+
 pub async fn run(opts: HostOptions) -> Result<(), String> {
     if opts.tcp.is_none() && opts.udp.is_none() {
         return Err("give --tcp and/or --udp".into());
@@ -63,6 +93,10 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     }
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Trust changes made by `vitalwire trust` (or any other writer) while the host runs.
+    let mut trust_poll = tokio::time::interval(TRUST_POLL);
+    trust_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trust_error: Option<String> = None;
     let mut last_frames = 0;
     let mut alerts = 0u64;
     let stop = async {
@@ -84,6 +118,7 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
                 }
                 events_out.line(&e.to_json_line());
             }
+            _ = trust_poll.tick() => reload_trust(&store, &host, &mut trust_error),
             _ = tick.tick() => {
                 let s = host.stats();
                 if opts.status {
@@ -102,6 +137,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     }
     eprintln!("vitalwire host: shutting down (closing every session)");
     host.shutdown().await;
+    if let Err(e) = store.flush() {
+        eprintln!("vitalwire host: last-seen times not saved: {e}");
+    }
     while let Ok(t) = telemetry.try_recv() {
         telemetry_out.line(&telemetry_json(&t, now_ts().0));
     }
