@@ -33,6 +33,10 @@ pub struct HostOptions {
 /// plus a re-check of the open sessions.
 const TRUST_POLL: Duration = Duration::from_millis(200);
 
+/// How long the host waits for a `trust` command's lock on the store (they hold it for
+/// milliseconds); a TOFU admission that cannot be recorded in time is refused.
+const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Picks up trust store changes; on a change, re-checks every open session (closing revoked
 /// ones with a `revoked_peer` event). A store that cannot be read is reported once and the
 /// last good list stays in force.
@@ -63,7 +67,11 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
         return Err("give --tcp and/or --udp".into());
     }
     let keys = keyfile::read_private_key(&opts.key).map_err(|e| e.to_string())?;
-    let store = Arc::new(TrustStore::open(&opts.trust).map_err(|e| e.to_string())?);
+    // The handshake asks the store synchronously (a TOFU admission is a locked write): wait
+    // for another process's lock only briefly, refusing the device rather than stalling.
+    let store = Arc::new(
+        TrustStore::open(&opts.trust).map_err(|e| e.to_string())?.with_lock_timeout(HOST_LOCK_TIMEOUT),
+    );
     let mut telemetry_out = Sink::open(&opts.telemetry, false)?;
     let mut events_out = Sink::open(&opts.events, true)?;
     let policy: Arc<dyn TrustPolicy> = store.clone();
@@ -128,7 +136,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
                     );
                 }
                 last_frames = s.frames;
-                let _ = store.flush();
+                // Last-seen times: a locked write, off the loop that moves telemetry.
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.flush());
             }
         }
     }

@@ -86,8 +86,8 @@ const CHECK_LINE_LEN: usize = 6 + 64 + 1;
 struct State {
     /// The list decisions are made on: the file as last read or written, plus `pending_seen`.
     list: TrustList,
-    /// The checksum line and metadata of the file version `list` came from.
-    file_check: Option<(Vec<u8>, FileSig)>,
+    /// The file version `list` came from.
+    file_version: Option<FileVersion>,
     /// Last-seen times not yet written to the file.
     pending_seen: BTreeMap<PublicKey, u64>,
     /// Whether the admitted set changed since the last [`TrustStore::reload`] call.
@@ -204,11 +204,18 @@ impl TrustStore {
     /// this reload or by any other change through this store; the caller then re-checks its
     /// open sessions (`Host::trust_changed` in `vitalwire-tokio`).
     ///
-    /// A file that is missing or damaged is an error and the list in memory is kept.
+    /// A file that is missing or damaged is an error and the list in memory is kept. Never
+    /// waits for a write of this store in progress (which installs the latest file itself).
     pub fn reload(&self) -> Result<bool, TrustStoreError> {
         if let Some(path) = &self.path {
-            let _writer = lock(&self.writer);
-            let known = self.state().file_check.clone();
+            let _writer = match self.writer.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Ok(core::mem::take(&mut self.state().changed))
+                }
+            };
+            let known = self.state().file_version.clone();
             if let Some((list, check)) = read_store_if_changed(path, known.as_ref())? {
                 self.install(&mut self.state(), list, check);
             }
@@ -311,13 +318,13 @@ impl TrustStore {
 
     /// Makes `list` (just read from the file, with its checksum line) the list in memory, with
     /// the last-seen times not yet written laid over it.
-    fn install(&self, state: &mut State, mut list: TrustList, check: (Vec<u8>, FileSig)) {
+    fn install(&self, state: &mut State, mut list: TrustList, version: FileVersion) {
         for (key, t) in &state.pending_seen {
             list.mark_seen(key, *t);
         }
         state.changed |= !state.list.admits_same_as(&list);
         state.list = list;
-        state.file_check = Some(check);
+        state.file_version = Some(version);
     }
 
     /// Writes `list` atomically (the caller holds both locks) and installs it.
@@ -327,7 +334,7 @@ impl TrustStore {
         let check = text.as_bytes()[text.len() - CHECK_LINE_LEN..].to_vec();
         // No writer that takes the lock can have replaced the file since the rename.
         let sig = fs::metadata(self.file()).map(|m| FileSig::of(&m)).unwrap_or_default();
-        self.install(&mut self.state(), list, (check, sig));
+        self.install(&mut self.state(), list, FileVersion { check, sig });
         Ok(())
     }
 
@@ -444,12 +451,19 @@ fn remove_stale_temp_files(path: &Path) {
     }
 }
 
-/// Reads and verifies the whole file; returns the list and its checksum line.
-fn read_store(path: &Path) -> Result<(TrustList, (Vec<u8>, FileSig)), TrustStoreError> {
+/// Reads and verifies the whole file; returns the list and the file version it came from.
+fn read_store(path: &Path) -> Result<(TrustList, FileVersion), TrustStoreError> {
     let mut file =
         File::open(path).map_err(|source| TrustStoreError::Io { path: path.to_path_buf(), source })?;
     let sig = file.metadata().map(|m| FileSig::of(&m)).unwrap_or_default();
-    read_open_store(path, &mut file).map(|(list, check)| (list, (check, sig)))
+    read_open_store(path, &mut file).map(|(list, check)| (list, FileVersion { check, sig }))
+}
+
+/// One version of the store file: its final checksum line and its metadata.
+#[derive(Debug, Clone)]
+struct FileVersion {
+    check: Vec<u8>,
+    sig: FileSig,
 }
 
 /// What identifies one version of the file cheaply: any write (ours replace the file, an
@@ -491,23 +505,23 @@ fn read_open_store(path: &Path, file: &mut File) -> Result<(TrustList, Vec<u8>),
 /// edit, changes the metadata (and is then read and verified in full).
 fn read_store_if_changed(
     path: &Path,
-    known: Option<&(Vec<u8>, FileSig)>,
-) -> Result<Option<(TrustList, (Vec<u8>, FileSig))>, TrustStoreError> {
+    known: Option<&FileVersion>,
+) -> Result<Option<(TrustList, FileVersion)>, TrustStoreError> {
     let io_err = |source| TrustStoreError::Io { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(io_err)?;
     let sig = FileSig::of(&file.metadata().map_err(io_err)?);
-    if let Some((known_check, known_sig)) = known {
-        if sig == *known_sig && sig.len >= CHECK_LINE_LEN as u64 {
+    if let Some(known) = known {
+        if sig == known.sig && sig.len >= CHECK_LINE_LEN as u64 {
             let mut tail = [0u8; CHECK_LINE_LEN];
             file.seek(SeekFrom::End(-(CHECK_LINE_LEN as i64))).map_err(io_err)?;
             file.read_exact(&mut tail).map_err(io_err)?;
-            if tail[..] == known_check[..] {
+            if tail[..] == known.check[..] {
                 return Ok(None);
             }
             file.seek(SeekFrom::Start(0)).map_err(io_err)?;
         }
     }
-    read_open_store(path, &mut file).map(|(list, check)| Some((list, (check, sig))))
+    read_open_store(path, &mut file).map(|(list, check)| Some((list, FileVersion { check, sig })))
 }
 
 impl TrustPolicy for TrustStore {
