@@ -425,3 +425,50 @@ fn trust_list_shows_hostile_ids_escaped_and_survives_a_closed_pipe() {
         assert!(status.success(), "{status:?}: {}", p.stderr());
     }
 }
+
+#[test]
+fn a_store_damaged_at_run_time_is_reported_and_the_last_good_list_stays_in_force() {
+    let sb = Sandbox::new("trust-damaged");
+    for name in ["host", "pm1", "pm2"] {
+        sb.keygen(name);
+    }
+    sb.trust_add("pm1", "PM-1");
+    let host = HostProc::start(&sb, HostArgs::default());
+    let addr = host.tcp.unwrap();
+    let _pm1 = start_device(&sb, &DeviceArgs::new("pm1", "PM-1", addr));
+    assert!(wait_until(Duration::from_secs(30), || telemetry_count(&host, "PM-1") >= 5).is_some());
+
+    // Someone truncates the store (a bad copy, a full disk in another tool).
+    let good = std::fs::read_to_string(sb.store()).unwrap();
+    std::fs::write(sb.store(), &good[..good.len() / 2]).unwrap();
+    assert!(
+        host.proc.wait_stderr("cannot reload the trust store", Duration::from_secs(10)),
+        "not reported: {}",
+        host.proc.stderr()
+    );
+    // Neither emptied nor closed: the session goes on, and PM-1 can still connect.
+    let n = telemetry_count(&host, "PM-1");
+    assert!(wait_until(Duration::from_secs(10), || telemetry_count(&host, "PM-1") > n + 5).is_some());
+    let mut again =
+        start_device(&sb, &DeviceArgs { seconds: Some(1), ..DeviceArgs::new("pm1", "PM-1", addr) });
+    let status = again.wait_exit(Duration::from_secs(30)).expect("device exits");
+    assert!(status.success(), "PM-1 refused while the store was damaged: {}", again.stderr());
+    // `trust` commands refuse to write over the damage.
+    let out = sb.trust(&["add", &pub_path(&sb, "pm2"), "--device-id", "PM-2"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("damaged"));
+    assert_eq!(std::fs::read_to_string(sb.store()).unwrap(), good[..good.len() / 2]);
+
+    // Repaired: reported, and changes apply again.
+    std::fs::write(sb.store(), &good).unwrap();
+    assert!(
+        host.proc.wait_stderr("trust store readable again", Duration::from_secs(10)),
+        "{}",
+        host.proc.stderr()
+    );
+    assert_eq!(host.proc.stderr().matches("cannot reload the trust store").count(), 1, "reported once");
+    let out = sb.trust(&["revoke", &pub_path(&sb, "pm1")]);
+    assert!(out.status.success());
+    let revoked_at = list(&sb).get(&public_key(&sb, "pm1")).unwrap().revoked_at.unwrap() as i64;
+    let closed_at = revoked_event_after(&host, "PM-1", revoked_at);
+    assert!(closed_at - revoked_at <= PROMISE_MS, "{} ms", closed_at - revoked_at);
+}
