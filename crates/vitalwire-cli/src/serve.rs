@@ -37,6 +37,17 @@ const TRUST_POLL: Duration = Duration::from_millis(200);
 /// milliseconds); a TOFU admission that cannot be recorded in time is refused.
 const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Polls the trust store for changes made by others until the task is aborted.
+async fn watch_trust(store: Arc<TrustStore>, host: Host) {
+    let mut poll = tokio::time::interval(TRUST_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut error = None;
+    loop {
+        poll.tick().await;
+        reload_trust(&store, &host, &mut error);
+    }
+}
+
 /// Picks up trust store changes; on a change, re-checks every open session (closing revoked
 /// ones with a `revoked_peer` event). A store that cannot be read is reported once and the
 /// last good list stays in force.
@@ -101,10 +112,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     }
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Trust changes made by `vitalwire trust` (or any other writer) while the host runs.
-    let mut trust_poll = tokio::time::interval(TRUST_POLL);
-    trust_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut trust_error: Option<String> = None;
+    // Trust changes made by `vitalwire trust` (or any other writer) while the host runs, in a
+    // task of their own: a slow telemetry or event sink must not delay a revocation.
+    let trust_watch = tokio::spawn(watch_trust(store.clone(), host.clone()));
     let mut last_frames = 0;
     let mut alerts = 0u64;
     let stop = async {
@@ -126,7 +136,6 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
                 }
                 events_out.line(&e.to_json_line());
             }
-            _ = trust_poll.tick() => reload_trust(&store, &host, &mut trust_error),
             _ = tick.tick() => {
                 let s = host.stats();
                 if opts.status {
@@ -146,6 +155,7 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
         eprintln!();
     }
     eprintln!("vitalwire host: shutting down (closing every session)");
+    trust_watch.abort();
     host.shutdown().await;
     if let Err(e) = store.flush() {
         eprintln!("vitalwire host: last-seen times not saved: {e}");
