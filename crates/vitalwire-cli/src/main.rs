@@ -132,7 +132,9 @@ enum Command {
         /// The key file.
         file: PathBuf,
     },
-    /// Manage a host's trust store (the allowlist of device keys).
+    /// Manage a host's trust store (the allowlist of device keys). Safe to run while a host
+    /// uses the store and beside other `trust` commands: each change is applied to the latest
+    /// file under a lock (`STORE.lock`), and a running host applies it within a second.
     Trust {
         /// The trust store file.
         #[arg(long, short, default_value = "trust.vw")]
@@ -144,18 +146,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TrustCmd {
-    /// Admit a device key (creates the store if there is none).
+    /// Admit a device key (creates the store if there is none; re-admits a revoked key). A
+    /// running host admits the device within a second.
     Add {
         /// The device's public key file.
         key: PathBuf,
-        /// The device id the device must present.
+        /// The device id the device must present: 1 to 64 bytes of UTF-8, no control
+        /// characters.
         #[arg(long)]
         device_id: String,
-        /// A label (ward, bed, asset tag).
+        /// A label (ward, bed, asset tag): at most 256 bytes, no control characters.
         #[arg(long, default_value = "")]
         label: String,
     },
-    /// Revoke a device key: new handshakes are refused; hosts close its open sessions.
+    /// Revoke a device key: new handshakes are refused, and a running host closes the key's
+    /// open sessions (TCP and UDP) within a second.
     Revoke {
         /// The device's public key file.
         #[arg(required_unless_present = "fingerprint")]
@@ -164,7 +169,7 @@ enum TrustCmd {
         #[arg(long, conflicts_with = "key")]
         fingerprint: Option<String>,
     },
-    /// List the store's entries.
+    /// List the store's entries (control characters in ids and labels shown as `\u{..}`).
     List,
     /// Switch trust on first use on or off (off by default; on admits unknown devices).
     Tofu {

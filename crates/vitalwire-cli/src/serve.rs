@@ -28,12 +28,61 @@ pub struct HostOptions {
     pub max_half_open: usize,
 }
 
+/// How often the host looks for changes to its trust store file (cheap when there are none:
+/// a stat and the file's last line). Revocations and admissions take effect within this time
+/// plus a re-check of the open sessions.
+const TRUST_POLL: Duration = Duration::from_millis(200);
+
+/// How long the host waits for a `trust` command's lock on the store (they hold it for
+/// milliseconds); a TOFU admission that cannot be recorded in time is refused.
+const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Polls the trust store for changes made by others until the task is aborted.
+async fn watch_trust(store: Arc<TrustStore>, host: Host) {
+    let mut poll = tokio::time::interval(TRUST_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut error = None;
+    loop {
+        poll.tick().await;
+        reload_trust(&store, &host, &mut error);
+    }
+}
+
+/// Picks up trust store changes; on a change, re-checks every open session (closing revoked
+/// ones with a `revoked_peer` event). A store that cannot be read is reported once and the
+/// last good list stays in force.
+fn reload_trust(store: &TrustStore, host: &Host, error: &mut Option<String>) {
+    match store.reload() {
+        Ok(changed) => {
+            if error.take().is_some() {
+                eprintln!("vitalwire host: trust store readable again");
+            }
+            if changed {
+                host.trust_changed();
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            if error.as_deref() != Some(text.as_str()) {
+                eprintln!(
+                    "vitalwire host: cannot reload the trust store (keeping the last good list): {text}"
+                );
+            }
+            *error = Some(text);
+        }
+    }
+}
+
 pub async fn run(opts: HostOptions) -> Result<(), String> {
     if opts.tcp.is_none() && opts.udp.is_none() {
         return Err("give --tcp and/or --udp".into());
     }
     let keys = keyfile::read_private_key(&opts.key).map_err(|e| e.to_string())?;
-    let store = Arc::new(TrustStore::open(&opts.trust).map_err(|e| e.to_string())?);
+    // The handshake asks the store synchronously (a TOFU admission is a locked write): wait
+    // for another process's lock only briefly, refusing the device rather than stalling.
+    let store = Arc::new(
+        TrustStore::open(&opts.trust).map_err(|e| e.to_string())?.with_lock_timeout(HOST_LOCK_TIMEOUT),
+    );
     let mut telemetry_out = Sink::open(&opts.telemetry, false)?;
     let mut events_out = Sink::open(&opts.events, true)?;
     let policy: Arc<dyn TrustPolicy> = store.clone();
@@ -63,6 +112,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     }
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Trust changes made by `vitalwire trust` (or any other writer) while the host runs, in a
+    // task of their own: a slow telemetry or event sink must not delay a revocation.
+    let trust_watch = tokio::spawn(watch_trust(store.clone(), host.clone()));
     let mut last_frames = 0;
     let mut alerts = 0u64;
     let stop = async {
@@ -93,7 +145,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
                     );
                 }
                 last_frames = s.frames;
-                let _ = store.flush();
+                // Last-seen times: a locked write, off the loop that moves telemetry.
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.flush());
             }
         }
     }
@@ -101,7 +155,11 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
         eprintln!();
     }
     eprintln!("vitalwire host: shutting down (closing every session)");
+    trust_watch.abort();
     host.shutdown().await;
+    if let Err(e) = store.flush() {
+        eprintln!("vitalwire host: last-seen times not saved: {e}");
+    }
     while let Ok(t) = telemetry.try_recv() {
         telemetry_out.line(&telemetry_json(&t, now_ts().0));
     }

@@ -366,6 +366,9 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
+    // Subscribed before the handshake: a trust change while it runs (after the policy was
+    // asked) still re-checks the session as soon as it is established.
+    let mut trust = shared.trust_epoch.subscribe();
     if *stop.borrow() || !shared.allow_handshake(source) {
         return;
     }
@@ -415,7 +418,6 @@ where
     let peer = session.remote_static().fingerprint();
     session.set_timers(shared.config.timers);
     let _ = session.handle_timeout(now_ts());
-    let mut trust = shared.trust_epoch.subscribe();
     let started = Instant::now();
     let started_ts = now_ts();
     // One timer, re-armed only when the session's deadline moves.

@@ -6,15 +6,15 @@
 //! for IK and KK, message 3 for XX and XXpsk3), so an unknown or revoked device never gets a
 //! session. A session whose key is revoked later can be closed with [`crate::Session::recheck`].
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
-use crate::keys::{KeyId, PublicKey};
-use crate::payload::DeviceIdentity;
+use crate::keys::{KeyId, PublicKey, KEY_LEN};
+use crate::payload::{DeviceIdentity, MAX_TEXT_LEN};
 
 /// The answer of a [`TrustPolicy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,11 @@ pub trait TrustPolicy: Send + Sync {
     /// has delivered it) may have a session.
     fn check(&self, key: &PublicKey, identity: Option<&DeviceIdentity>) -> TrustDecision;
 
-    /// The trusted key with this key id, for KK handshakes (spec §4.2).
+    /// The key with this key id, for KK handshakes (spec §4.2, §12.2). Return revoked keys too
+    /// (a trusted one first if two keys share an id): the handshake then calls
+    /// [`TrustPolicy::check`] after message 1, which refuses the revoked key and records it as a
+    /// `revoked_peer`, not as an `unknown_peer`. Returning only trusted keys is safe as well;
+    /// a revoked key is then refused as unknown.
     fn find_by_key_id(&self, id: &KeyId) -> Option<PublicKey>;
 }
 
@@ -97,10 +101,70 @@ pub enum TrustListError {
 
 const HEADER: &str = "vitalwire trust store v1";
 
+/// Longest label the store accepts, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// Why a device id or label is not accepted into a trust list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustValueError {
+    /// An empty device id (spec §4.5.1: 1 to 64 bytes).
+    #[error("the device id is empty (1 to 64 bytes)")]
+    EmptyDeviceId,
+    /// A device id longer than the spec allows.
+    #[error("the device id is {0} bytes long (at most 64)")]
+    DeviceIdTooLong(usize),
+    /// A label longer than [`MAX_LABEL_LEN`].
+    #[error("the label is {0} bytes long (at most 256)")]
+    LabelTooLong(usize),
+    /// A control, line-separator or text-direction character: such a value could forge rows or
+    /// hide text where people read the list.
+    #[error("the {0} contains a control character")]
+    ControlCharacter(&'static str),
+}
+
+/// Whether `c` could break or disguise a line where people read ids and labels: C0/C1
+/// controls and DEL, the Unicode line and paragraph separators, and the bidirectional
+/// formatting characters.
+pub fn is_unsafe_display_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// Checks a device id for a trust entry (spec §12.2): 1 to 64 bytes of UTF-8 (as on the wire,
+/// §4.5.1) without control characters ([`is_unsafe_display_char`]).
+pub fn check_device_id(id: &str) -> Result<(), TrustValueError> {
+    if id.is_empty() {
+        return Err(TrustValueError::EmptyDeviceId);
+    }
+    if id.len() > MAX_TEXT_LEN {
+        return Err(TrustValueError::DeviceIdTooLong(id.len()));
+    }
+    if id.chars().any(is_unsafe_display_char) {
+        return Err(TrustValueError::ControlCharacter("device id"));
+    }
+    Ok(())
+}
+
+/// Checks a label for a trust entry: at most [`MAX_LABEL_LEN`] bytes, no control characters.
+pub fn check_label(label: &str) -> Result<(), TrustValueError> {
+    if label.len() > MAX_LABEL_LEN {
+        return Err(TrustValueError::LabelTooLong(label.len()));
+    }
+    if label.chars().any(is_unsafe_display_char) {
+        return Err(TrustValueError::ControlCharacter("label"));
+    }
+    Ok(())
+}
+
 /// The allowlist: device keys with metadata, revocations and the trust-on-first-use switch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustList {
     entries: BTreeMap<PublicKey, TrustEntry>,
+    /// Every key by its key id, for KK look-ups without hashing the whole list.
+    by_key_id: BTreeSet<(KeyId, PublicKey)>,
     /// Trust on first use: admit (and record) unknown keys. Off unless switched on.
     pub tofu: bool,
 }
@@ -124,19 +188,23 @@ impl TrustList {
         }
     }
 
-    /// Adds (or re-admits) a key. Returns the previous entry, if any.
+    /// Adds (or re-admits) a key. Returns the previous entry, if any. The list stores what it
+    /// is given; [`crate::TrustStore::add`] checks the values first ([`check_device_id`],
+    /// [`check_label`]).
     pub fn add(&mut self, key: PublicKey, device_id: &str, label: &str, now: u64) -> Option<TrustEntry> {
-        self.entries.insert(
+        self.insert(TrustEntry {
             key,
-            TrustEntry {
-                key,
-                device_id: device_id.into(),
-                label: label.into(),
-                added_at: now,
-                last_seen: None,
-                revoked_at: None,
-            },
-        )
+            device_id: device_id.into(),
+            label: label.into(),
+            added_at: now,
+            last_seen: None,
+            revoked_at: None,
+        })
+    }
+
+    fn insert(&mut self, entry: TrustEntry) -> Option<TrustEntry> {
+        self.by_key_id.insert((entry.key.key_id(), entry.key));
+        self.entries.insert(entry.key, entry)
     }
 
     /// Revokes a key. Returns false if it is not in the list. The entry stays, marked revoked.
@@ -150,11 +218,24 @@ impl TrustList {
         }
     }
 
-    /// Records a completed handshake.
+    /// Records a completed handshake. A later time already recorded is kept (times from
+    /// several writers merge to the latest).
     pub fn mark_seen(&mut self, key: &PublicKey, now: u64) {
         if let Some(e) = self.entries.get_mut(key) {
-            e.last_seen = Some(now);
+            e.last_seen = Some(e.last_seen.map_or(now, |t| t.max(now)));
         }
+    }
+
+    /// Whether the two lists admit the same devices: the same keys with the same device ids
+    /// and revocations, and the same TOFU setting (labels and times aside).
+    pub fn admits_same_as(&self, other: &TrustList) -> bool {
+        self.tofu == other.tofu
+            && self.entries.len() == other.entries.len()
+            && self.entries.values().zip(other.entries.values()).all(|(a, b)| {
+                a.key == b.key
+                    && a.device_id == b.device_id
+                    && a.revoked_at.is_some() == b.revoked_at.is_some()
+            })
     }
 
     /// The entry for a key.
@@ -162,9 +243,20 @@ impl TrustList {
         self.entries.get(key)
     }
 
-    /// The trusted (not revoked) key with this key id.
+    /// The key with this key id: a trusted one if there is one, else a revoked one (so that
+    /// the handshake can tell a revoked KK device from an unknown one). O(log n).
     pub fn find_by_key_id(&self, id: &KeyId) -> Option<PublicKey> {
-        self.entries.values().find(|e| e.revoked_at.is_none() && e.key.key_id() == *id).map(|e| e.key)
+        let range =
+            (*id, PublicKey::from_bytes([0; KEY_LEN]))..=(*id, PublicKey::from_bytes([0xff; KEY_LEN]));
+        let mut revoked = None;
+        for (_, key) in self.by_key_id.range(range) {
+            match self.entries.get(key) {
+                Some(e) if e.revoked_at.is_none() => return Some(*key),
+                Some(_) => revoked = revoked.or(Some(*key)),
+                None => {}
+            }
+        }
+        revoked
     }
 
     /// Every entry, in key order.
@@ -260,7 +352,7 @@ impl TrustList {
                             _ => return Err(bad("unknown field")),
                         }
                     }
-                    if list.entries.insert(entry.key, entry).is_some() {
+                    if list.insert(entry).is_some() {
                         return Err(bad("duplicate device key"));
                     }
                 }
@@ -351,8 +443,13 @@ mod tests {
         assert!(l.revoke(&key(1), 20));
         assert!(!l.revoke(&key(3), 20));
         assert_eq!(l.decide(&key(1), None), TrustDecision::Revoked);
-        assert_eq!(l.find_by_key_id(&key(1).key_id()), None, "revoked keys are not found for KK");
+        assert_eq!(
+            l.find_by_key_id(&key(1).key_id()),
+            Some(key(1)),
+            "revoked keys are found for KK (then refused by decide)"
+        );
         assert_eq!(l.find_by_key_id(&key(2).key_id()), Some(key(2)));
+        assert_eq!(l.find_by_key_id(&key(3).key_id()), None);
     }
 
     #[test]

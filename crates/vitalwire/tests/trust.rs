@@ -137,14 +137,23 @@ fn kk_finds_device_keys_in_the_trust_store_and_refuses_revoked_ones() {
     let (i, r, _) = drive(kk(&known), responder_with(store.clone()));
     assert!(i.is_finished() && r.is_finished());
     store.revoke(known.public()).unwrap();
-    let (mut i, r, _) = drive(kk(&known), responder_with(store.clone()));
+    let (mut i, mut r, _) = drive(kk(&known), responder_with(store.clone()));
     assert_eq!(
         r.error(),
-        Some(Error::Handshake(HandshakeError::UnknownPeer)),
-        "revoked keys are not found by key id"
+        Some(Error::Handshake(HandshakeError::RevokedPeer)),
+        "a revoked KK key is refused as revoked, not as unknown"
     );
+    let events = drain(&mut |t| r.poll_event(t));
+    assert!(kinds(&events).contains(&EventKind::RevokedPeer), "{events:?}");
+    assert!(!kinds(&events).contains(&EventKind::UnknownPeer), "{events:?}");
+    assert_eq!(r.security_counters().revoked_peers, 1);
+    // On the wire the device learns no more than for an unknown key.
     assert_eq!(i.error(), Some(Error::Handshake(HandshakeError::Rejected(RejectReason::UnknownCredential))));
     assert!(i.poll_event(Timestamp(1)).is_some());
+    // A key id nobody has is still an unknown peer.
+    let (_, mut r, _) = drive(kk(&device(0x23)), responder_with(store));
+    assert_eq!(r.error(), Some(Error::Handshake(HandshakeError::UnknownPeer)));
+    assert!(kinds(&drain(&mut |t| r.poll_event(t))).contains(&EventKind::UnknownPeer));
 }
 
 #[test]
@@ -338,6 +347,14 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+fn temp_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect()
+}
+
 #[test]
 fn the_store_file_survives_crashes_and_refuses_damage() {
     let dir = temp_dir("store");
@@ -354,14 +371,15 @@ fn the_store_file_survives_crashes_and_refuses_damage() {
     store.crash_before_rename_for_testing_only();
     assert!(store.add(*device(3).public(), "PM-3", "bed 3").is_err());
     assert!(store.snapshot().get(device(3).public()).is_none(), "memory rolled back with the file");
-    assert!(dir.join("trust.vw.tmp").exists(), "the half-done write is left behind");
+    assert_eq!(temp_files(&dir).len(), 1, "the half-done write is left behind");
     let reopened = TrustStore::open(&path).unwrap();
     assert_eq!(reopened.snapshot().len(), 2, "the old store is intact");
-    // A garbage temp file (a crash mid-write) is ignored and replaced by the next save.
+    // A garbage temp file (a crash mid-write) is ignored, and removed by the next save.
     std::fs::write(dir.join("trust.vw.tmp"), b"vitalwire trust st").unwrap();
     let reopened = TrustStore::open(&path).unwrap();
     reopened.add(*device(3).public(), "PM-3", "bed 3").unwrap();
     assert_eq!(TrustStore::open(&path).unwrap().snapshot().len(), 3);
+    assert_eq!(temp_files(&dir), Vec::<String>::new(), "leftovers of crashed writers are removed");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -520,4 +538,186 @@ fn events_carry_no_secrets_or_payload() {
         let text = format!("{e:?}");
         assert!(!text.contains("PATIENT") && !text.contains("Psk") && !text.contains("Private"), "{text}");
     }
+}
+
+fn entry(path: &std::path::Path, d: &Keypair) -> Option<TrustEntry> {
+    TrustStore::open(path).unwrap().snapshot().get(d.public()).cloned()
+}
+
+#[test]
+fn a_host_store_never_writes_back_a_stale_list() {
+    // Two handles on one file: a host (TOFU on, recording last-seen times) and the operator's
+    // `trust` commands. Each write of one re-reads the file and applies only its own change.
+    let dir = temp_dir("stale");
+    let path = dir.join("trust.vw");
+    let cli = TrustStore::create(&path).unwrap();
+    cli.add(*device(1).public(), "PM-1", "bed 1").unwrap();
+    cli.set_tofu(true).unwrap();
+    let host = TrustStore::open(&path).unwrap();
+    assert_eq!(host.check(device(1).public(), Some(&DeviceIdentity::new("PM-1"))), TrustDecision::Trusted);
+
+    // The operator revokes PM-1 and adds PM-2; the host has not reloaded yet.
+    assert!(TrustStore::open(&path).unwrap().revoke(device(1).public()).unwrap());
+    TrustStore::open(&path).unwrap().add(*device(2).public(), "PM-2", "").unwrap();
+    // A TOFU admission and a last-seen flush by the host keep both.
+    let tofu = device(3);
+    assert_eq!(host.check(tofu.public(), Some(&DeviceIdentity::new("PM-3"))), TrustDecision::Trusted);
+    host.flush().unwrap();
+    assert!(entry(&path, &device(1)).unwrap().revoked_at.is_some(), "the revocation was undone");
+    assert!(entry(&path, &device(2)).is_some(), "the operator's add was lost");
+    assert_eq!(entry(&path, &tofu).unwrap().label, "trusted on first use");
+    assert!(entry(&path, &device(1)).unwrap().last_seen.is_some(), "the host's last-seen time");
+    // The host's own write brought the revocation into memory too.
+    assert_eq!(host.check(device(1).public(), None), TrustDecision::Revoked);
+    assert!(host.reload().unwrap(), "the admitted set changed since the host last asked");
+    assert!(!host.reload().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reload_picks_up_other_writers_and_is_quiet_otherwise() {
+    let dir = temp_dir("reload");
+    let path = dir.join("trust.vw");
+    let cli = TrustStore::create(&path).unwrap();
+    let host = TrustStore::open(&path).unwrap();
+    let d = device(7);
+    let id = DeviceIdentity::new("PM-7");
+    assert_eq!(host.check(d.public(), Some(&id)), TrustDecision::Unknown);
+    assert!(!host.reload().unwrap(), "nothing changed");
+
+    cli.add(*d.public(), "PM-7", "").unwrap();
+    assert_eq!(host.check(d.public(), Some(&id)), TrustDecision::Unknown, "not before the reload");
+    assert!(host.reload().unwrap());
+    assert_eq!(host.check(d.public(), Some(&id)), TrustDecision::Trusted);
+    assert!(host.snapshot().get(d.public()).unwrap().last_seen.is_some(), "check records last seen");
+
+    // A label change alone does not change who is admitted.
+    cli.add(*d.public(), "PM-7", "moved to ward 3").unwrap();
+    assert!(!host.reload().unwrap());
+    assert_eq!(host.snapshot().get(d.public()).unwrap().label, "moved to ward 3");
+    assert!(host.snapshot().get(d.public()).unwrap().last_seen.is_some(), "pending times survive");
+
+    cli.revoke(d.public()).unwrap();
+    assert!(host.reload().unwrap());
+    assert_eq!(host.check(d.public(), Some(&id)), TrustDecision::Revoked);
+
+    // A damaged file: an error, and the last good list stays in force.
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("tofu off", "tofu on!")).unwrap();
+    assert!(matches!(host.reload(), Err(vitalwire::trust_store::TrustStoreError::Corrupt { .. })));
+    assert_eq!(host.check(d.public(), Some(&id)), TrustDecision::Revoked);
+    std::fs::remove_file(&path).unwrap();
+    assert!(host.reload().is_err(), "a deleted store is an error, not an empty list");
+    assert_eq!(host.check(d.public(), Some(&id)), TrustDecision::Revoked);
+    std::fs::write(&path, &good).unwrap();
+    assert!(!host.reload().unwrap(), "the same contents again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn concurrent_writers_in_separate_handles_lose_nothing() {
+    // Each thread opens its own handle (its own file descriptors), as separate processes do;
+    // the file lock is what keeps them apart. A TOFU "host" writes at the same time.
+    let dir = temp_dir("concurrent");
+    let path = dir.join("trust.vw");
+    TrustStore::create(&path).unwrap().set_tofu(true).unwrap();
+    let revoked = device(200);
+    TrustStore::open(&path).unwrap().add(*revoked.public(), "PM-R", "").unwrap();
+    TrustStore::open(&path).unwrap().revoke(revoked.public()).unwrap();
+    let host = Arc::new(TrustStore::open(&path).unwrap());
+    let mut threads = Vec::new();
+    for t in 0..8u8 {
+        let path = path.clone();
+        threads.push(std::thread::spawn(move || {
+            for n in 0..12u8 {
+                let k = device(t * 12 + n + 1);
+                let id = format!("PM-{t}-{n}");
+                let store = TrustStore::open_or_create(&path).unwrap();
+                store.add(*k.public(), &id, "").unwrap();
+                if n % 4 == 3 {
+                    TrustStore::open(&path).unwrap().revoke(k.public()).unwrap();
+                }
+            }
+        }));
+    }
+    let tofu_host = host.clone();
+    let revoked_key = *revoked.public();
+    threads.push(std::thread::spawn(move || {
+        for n in 0..20u8 {
+            let k = device(101 + n);
+            let id = DeviceIdentity::new(format!("TOFU-{n}"));
+            assert_eq!(tofu_host.check(k.public(), Some(&id)), TrustDecision::Trusted);
+            tofu_host.flush().unwrap();
+            assert_eq!(tofu_host.check(&revoked_key, None), TrustDecision::Revoked);
+        }
+    }));
+    for t in threads {
+        t.join().unwrap();
+    }
+    let list = TrustStore::open(&path).unwrap().snapshot();
+    assert_eq!(list.len(), 1 + 96 + 20, "every reported write is in the file");
+    for t in 0..8u8 {
+        for n in 0..12u8 {
+            let e = list.get(device(t * 12 + n + 1).public()).expect("added");
+            assert_eq!(e.device_id, format!("PM-{t}-{n}"));
+            assert_eq!(e.revoked_at.is_some(), n % 4 == 3);
+        }
+    }
+    assert!(list.get(revoked.public()).unwrap().revoked_at.is_some(), "no revocation undone");
+    assert_eq!(temp_files(&dir), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_held_lock_fails_the_write_without_changing_anything() {
+    let dir = temp_dir("locked");
+    let path = dir.join("trust.vw");
+    TrustStore::create(&path).unwrap().set_tofu(true).unwrap();
+    let holder = std::fs::OpenOptions::new().write(true).open(dir.join("trust.vw.lock")).unwrap();
+    holder.lock().unwrap();
+    let store = TrustStore::open(&path).unwrap().with_lock_timeout(std::time::Duration::from_millis(50));
+    let err = store.add(*device(1).public(), "PM-1", "").unwrap_err();
+    assert!(matches!(err, vitalwire::trust_store::TrustStoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("locked by another process"), "{err}");
+    assert!(store.snapshot().is_empty() && TrustStore::open(&path).unwrap().snapshot().is_empty());
+    // TOFU cannot record the key while the lock is held: the device is refused (fail closed).
+    let id = DeviceIdentity::new("PM-2");
+    assert_eq!(store.check(device(2).public(), Some(&id)), TrustDecision::Unknown);
+    drop(holder);
+    assert_eq!(store.check(device(2).public(), Some(&id)), TrustDecision::Trusted);
+    store.add(*device(1).public(), "PM-1", "").unwrap();
+    assert_eq!(TrustStore::open(&path).unwrap().snapshot().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ids_and_labels_the_spec_or_a_reader_would_refuse_are_never_stored() {
+    use vitalwire::trust::TrustValueError;
+    use vitalwire::trust_store::TrustStoreError;
+    let store = TrustStore::in_memory(TrustList::new());
+    let k = *device(1).public();
+    let invalid = |r: Result<(), TrustStoreError>| match r {
+        Err(TrustStoreError::Invalid(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(invalid(store.add(k, &"x".repeat(65), "")), TrustValueError::DeviceIdTooLong(65));
+    assert_eq!(invalid(store.add(k, "PM-1\nforged", "")), TrustValueError::ControlCharacter("device id"));
+    assert_eq!(invalid(store.add(k, "PM-1\u{202E}", "")), TrustValueError::ControlCharacter("device id"));
+    assert_eq!(invalid(store.add(k, "PM-1", "bed\r4")), TrustValueError::ControlCharacter("label"));
+    assert_eq!(invalid(store.add(k, "PM-1", &"l".repeat(257))), TrustValueError::LabelTooLong(257));
+    assert!(store.snapshot().is_empty());
+    store.add(k, &"x".repeat(64), &"l".repeat(256)).unwrap();
+    store.add(k, "Überwachung 5 — Bett 3", "").unwrap();
+    assert_eq!(vitalwire::trust::check_device_id(""), Err(TrustValueError::EmptyDeviceId));
+
+    // TOFU records only ids a `trust add` would accept, and never "any id".
+    let store = TrustStore::in_memory(TrustList::new());
+    store.set_tofu(true).unwrap();
+    let d = device(2);
+    assert_eq!(store.check(d.public(), Some(&DeviceIdentity::new("PM-2\nPM-9"))), TrustDecision::Unknown);
+    assert_eq!(store.check(d.public(), Some(&DeviceIdentity::new("PM-\u{7}"))), TrustDecision::Unknown);
+    assert_eq!(store.check(d.public(), None), TrustDecision::Unknown);
+    assert!(store.snapshot().is_empty(), "nothing recorded");
+    assert_eq!(store.check(d.public(), Some(&DeviceIdentity::new("PM-2"))), TrustDecision::Trusted);
+    assert_eq!(store.snapshot().get(d.public()).unwrap().device_id, "PM-2");
 }
