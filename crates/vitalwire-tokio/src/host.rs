@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -27,12 +27,14 @@ use vitalwire::{
     SecurityEvent, Timer, TimerConfig, Timestamp, TrustPolicy,
 };
 
+use crate::clock;
 use crate::codec::{FrameCodec, LinkError};
 use crate::limits::RateLimiter;
 
-/// The wall clock as a vitalwire timestamp (milliseconds since the Unix epoch).
+/// The wall clock as a vitalwire timestamp (milliseconds since the Unix epoch): for stamps
+/// only. Timers run on [`clock::monotonic`].
 pub fn now_ts() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+    clock::wall()
 }
 
 /// Resolves once the shutdown flag is set.
@@ -109,10 +111,16 @@ pub struct Telemetry {
 }
 
 /// Counters of a host, readable at any time.
+///
+/// The TCP tasks raise and lower `sessions` and `half_open` one by one; the UDP loop owns its
+/// own pair and stores its counts there. The two are never mixed: a store from one into a
+/// gauge the other decrements would wrap it.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub sessions: AtomicUsize,
     pub half_open: AtomicUsize,
+    pub udp_sessions: AtomicUsize,
+    pub udp_half_open: AtomicUsize,
     pub sessions_total: AtomicU64,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
@@ -129,9 +137,10 @@ pub struct HostStats {
     pub half_open: usize,
     /// Sessions established since start.
     pub sessions_total: u64,
-    /// DATA messages delivered to the application.
+    /// DATA messages handed to the application's telemetry channel (not necessarily written
+    /// anywhere yet: the application counts what it writes).
     pub frames: u64,
-    /// Payload bytes delivered.
+    /// Payload bytes handed to the application.
     pub bytes: u64,
     /// Connections and packets refused (limits, failed handshakes, untrusted devices).
     pub rejected: u64,
@@ -161,6 +170,28 @@ impl Shared {
 
     pub fn host_event(&self, kind: EventKind) {
         self.event(SecurityEvent::new(kind, now_ts(), None, None));
+    }
+
+    /// Sessions open now, TCP and UDP together.
+    pub fn open_sessions(&self) -> usize {
+        let c = &self.counters;
+        c.sessions.load(Ordering::Relaxed).saturating_add(c.udp_sessions.load(Ordering::Relaxed))
+    }
+
+    /// Hands one telemetry item to the application, waiting while its buffer is full
+    /// (backpressure), unless the host stops first: then the item is not delivered and
+    /// `false` is returned.
+    pub async fn deliver(&self, item: Telemetry) -> bool {
+        let mut stop = self.shutdown.subscribe();
+        let delivered = tokio::select! {
+            biased;
+            sent = self.telemetry.send(item) => sent.is_ok(),
+            _ = stopped(&mut stop) => false,
+        };
+        if delivered {
+            self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        delivered
     }
 
     pub fn allow_handshake(&self, source: Option<IpAddr>) -> bool {
@@ -248,8 +279,11 @@ impl Host {
     pub fn stats(&self) -> HostStats {
         let c = &self.shared.counters;
         HostStats {
-            sessions: c.sessions.load(Ordering::Relaxed),
-            half_open: c.half_open.load(Ordering::Relaxed),
+            sessions: self.shared.open_sessions(),
+            half_open: c
+                .half_open
+                .load(Ordering::Relaxed)
+                .saturating_add(c.udp_half_open.load(Ordering::Relaxed)),
             sessions_total: c.sessions_total.load(Ordering::Relaxed),
             frames: c.frames.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
@@ -339,12 +373,12 @@ async fn on_frame(
     match frame {
         Some(Ok(frame)) => match session.open(frame) {
             Ok(Incoming::Data { channel, payload }) => {
-                shared.counters.frames.fetch_add(1, Ordering::Relaxed);
                 shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
                 let item =
                     Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
-                // Backpressure: wait for the application rather than drop.
-                shared.telemetry.send(item).await.is_err()
+                // Backpressure: wait for the application rather than drop. If the host stops
+                // while this waits, the session ends (with GOING_AWAY, in `run_connection`).
+                !shared.deliver(item).await
             }
             Ok(_) => false,
             Err(e) => e.is_fatal(),
@@ -400,7 +434,7 @@ where
     }
     let Ok(mut session) = hs.into_session() else { return };
     let mut out = BytesMut::new();
-    if shared.counters.sessions.load(Ordering::Relaxed) >= shared.config.max_sessions {
+    if shared.open_sessions() >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         shared.host_event(EventKind::LimitExceeded { limit: Limit::Sessions });
         let _ = session.close(CloseCode::GOING_AWAY, &mut out);
@@ -414,12 +448,11 @@ where
     let device_id = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let peer = session.remote_static().fingerprint();
     session.set_timers(shared.config.timers);
-    let _ = session.handle_timeout(now_ts());
+    // Timers run on the monotonic clock: a wall-clock step neither fires nor freezes them.
+    let _ = session.handle_timeout(clock::monotonic());
     let mut trust = shared.trust_epoch.subscribe();
-    let started = Instant::now();
-    let started_ts = now_ts();
     // One timer, re-armed only when the session's deadline moves.
-    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let far = || clock::deadline(Timestamp(0), Timestamp(u64::MAX));
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Timestamp> = None;
@@ -427,11 +460,7 @@ where
         let deadline = session.poll_timeout();
         if deadline != armed {
             armed = deadline;
-            let at = deadline.map_or_else(far, |t| {
-                tokio::time::Instant::from_std(
-                    started + Duration::from_millis(t.0.saturating_sub(started_ts.0)),
-                )
-            });
+            let at = deadline.map_or_else(far, |t| clock::deadline(clock::monotonic(), t));
             timer.as_mut().reset(at);
         }
         let mut done = false;
@@ -447,7 +476,7 @@ where
             }
             _ = &mut timer => {
                 armed = None;
-                done = session.handle_timeout(now_ts()).is_err();
+                done = session.handle_timeout(clock::monotonic()).is_err();
             }
             frame = framed.next() => {
                 done = on_frame(&shared, &mut session, frame, id, &device_id, peer).await;
@@ -460,6 +489,10 @@ where
                         Some(frame) => done = on_frame(&shared, &mut session, frame, id, &device_id, peer).await,
                         None => break,
                     }
+                }
+                if done && *stop.borrow() {
+                    // The host stopped while a frame waited for the application.
+                    let _ = session.close(CloseCode::GOING_AWAY, &mut out);
                 }
             }
         }
