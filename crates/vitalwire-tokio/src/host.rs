@@ -43,6 +43,10 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// How long, once the host stops, a received message may still wait for room in the
+/// application's telemetry buffer.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Builds the responder configuration of each handshake.
 pub type ResponderFactory = Arc<dyn Fn() -> ResponderConfig + Send + Sync>;
 
@@ -93,6 +97,28 @@ impl HostConfig {
             cookie_threshold: 64,
         }
     }
+
+    /// Refuses settings with which the host would admit no device (or whose meaning is
+    /// undefined): zero half-open handshakes, sessions or burst, and a handshake rate that is
+    /// not a positive finite number. The message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_half_open == 0 {
+            return Err("max_half_open is 0: no handshake could ever start".into());
+        }
+        if self.max_sessions == 0 {
+            return Err("max_sessions is 0: no session could ever open".into());
+        }
+        if self.handshake_burst == 0 {
+            return Err("handshake_burst is 0: no source could ever start a handshake".into());
+        }
+        if !(self.handshake_rate.is_finite() && self.handshake_rate > 0.0) {
+            return Err(format!(
+                "handshake_rate is {}: it must be a positive, finite number of handshakes per second",
+                self.handshake_rate
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One received application message.
@@ -126,6 +152,7 @@ pub(crate) struct Counters {
     pub bytes: AtomicU64,
     pub rejected: AtomicU64,
     pub events_dropped: AtomicU64,
+    pub undelivered: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -146,6 +173,9 @@ pub struct HostStats {
     pub rejected: u64,
     /// Security events dropped because the application did not drain them.
     pub events_dropped: u64,
+    /// DATA messages received but not handed to the application because the host stopped
+    /// while they waited for room in its telemetry buffer.
+    pub undelivered: u64,
 }
 
 pub(crate) struct Shared {
@@ -179,18 +209,29 @@ impl Shared {
     }
 
     /// Hands one telemetry item to the application, waiting while its buffer is full
-    /// (backpressure), unless the host stops first: then the item is not delivered and
-    /// `false` is returned.
+    /// (backpressure). Once the host stops, the wait is bounded by [`STOP_GRACE`] (an
+    /// application that keeps draining while it shuts down gets everything); past it the item
+    /// is counted as undelivered and `false` is returned.
     pub async fn deliver(&self, item: Telemetry) -> bool {
+        let item = match self.telemetry.try_send(item) {
+            Ok(()) => {
+                self.counters.frames.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.undelivered.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
         let mut stop = self.shutdown.subscribe();
         let delivered = tokio::select! {
             biased;
             sent = self.telemetry.send(item) => sent.is_ok(),
-            _ = stopped(&mut stop) => false,
+            _ = async { stopped(&mut stop).await; tokio::time::sleep(STOP_GRACE).await } => false,
         };
-        if delivered {
-            self.counters.frames.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = if delivered { &self.counters.frames } else { &self.counters.undelivered };
+        counter.fetch_add(1, Ordering::Relaxed);
         delivered
     }
 
@@ -289,6 +330,7 @@ impl Host {
             bytes: c.bytes.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             events_dropped: c.events_dropped.load(Ordering::Relaxed),
+            undelivered: c.undelivered.load(Ordering::Relaxed),
         }
     }
 }
