@@ -253,22 +253,25 @@ fn limits_that_admit_nobody_are_refused() {
         &["--handshake-rate", "NaN"],
         &["--handshake-rate", "inf"],
     ] {
-        let out = bin()
-            .args([
-                "host",
-                "--key",
-                s(&sb.path("host.key")),
-                "--trust",
-                s(&sb.store()),
-                "--tcp",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted: {err}");
+        let mut cmd = bin();
+        cmd.args([
+            "host",
+            "--key",
+            s(&sb.path("host.key")),
+            "--trust",
+            s(&sb.store()),
+            "--tcp",
+            "127.0.0.1:0",
+        ]);
+        cmd.args(args);
+        let mut host = Proc::spawn(cmd);
+        // Refused at once; a host that starts instead is killed (when `host` drops).
+        let status = host.wait_exit(Duration::from_secs(20));
         let flag = args[0].split('=').next().unwrap();
+        // (stderr is collected in the background: let it catch up.)
+        host.wait_stderr(flag, Duration::from_secs(5));
+        let err = host.stderr();
+        assert!(status.is_some_and(|s| !s.success()), "{args:?} was accepted: {err}");
         assert!(err.contains(flag) && !err.contains("vitalwire host: TCP"), "{args:?}: {err}");
     }
 }
