@@ -275,3 +275,35 @@ fn limits_that_admit_nobody_are_refused() {
         assert!(err.contains(flag) && !err.contains("vitalwire host: TCP"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn an_events_sink_that_cannot_write_holds_its_events_until_it_can() {
+    let sb = sandbox("full-events");
+    std::os::unix::fs::symlink("/dev/full", sb.path("events.jsonl")).unwrap();
+    let mut host = HostProc::start(&sb, HostArgs::default());
+    let _device = start_device(&sb, &DeviceArgs::new("pm1", "PM-1", host.tcp.unwrap()));
+    // The session_established event cannot be written: stderr says so (the events sink is the
+    // one failing), telemetry goes on.
+    assert!(host.proc.wait_stderr("the events sink", LONG), "{}", host.proc.stderr());
+    assert!(
+        wait_until(LONG, || lines_of(&host.telemetry(), "PM-1") >= 5).is_some(),
+        "{}",
+        host.proc.stderr()
+    );
+    // Fixed and SIGHUP: the held event is written, then the failure and the recovery.
+    std::fs::remove_file(sb.path("events.jsonl")).unwrap();
+    host.proc.signal("HUP");
+    let recovered = wait_until(LONG, || !host.events_named("sink_recovered").is_empty());
+    assert!(recovered.is_some(), "{}", host.proc.stderr());
+    let events = host.events();
+    let names: Vec<_> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    let established = names.iter().position(|n| *n == "session_established");
+    let failed = names.iter().position(|n| *n == "sink_failed");
+    let back = names.iter().position(|n| *n == "sink_recovered");
+    assert!(established.is_some() && failed.is_some() && back > failed, "{names:?}");
+    assert_eq!(events[failed.unwrap()]["sink"], "events");
+    host.proc.signal("TERM");
+    let status = host.proc.wait_exit(LONG).expect("host exits after SIGTERM");
+    assert!(status.success(), "{status:?}: {}", host.proc.stderr());
+    assert!(host.events_named("session_closed").iter().any(|e| e["device_id"] == "PM-1"));
+}
