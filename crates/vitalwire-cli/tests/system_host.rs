@@ -91,6 +91,8 @@ fn a_sink_that_cannot_write_holds_devices_back_and_loses_nothing() {
     let full = wait_until(LONG, || status_field(&host.proc.stderr(), "waiting").is_some_and(|w| w >= 4096));
     assert!(full.is_some(), "{}", host.proc.stderr());
     assert!(host.proc.stderr().contains("telemetry sink FAILING"), "{}", host.proc.stderr());
+    // (The last few deliveries in flight land within a status tick.)
+    std::thread::sleep(Duration::from_millis(1_500));
     let held = status_field(&host.proc.stderr(), "waiting").unwrap();
     std::thread::sleep(Duration::from_millis(2_500));
     let later = status_field(&host.proc.stderr(), "waiting").unwrap();
@@ -147,6 +149,7 @@ fn stdout_to_a_pipe_whose_reader_quit_holds_devices_back_and_says_what_was_not_w
     assert!(failed.is_some(), "{}", host.stderr());
     let full = wait_until(LONG, || status_field(&host.stderr(), "waiting").is_some_and(|w| w >= 4096));
     assert!(full.is_some(), "{}", host.stderr());
+    std::thread::sleep(Duration::from_millis(1_500));
     let held = status_field(&host.stderr(), "waiting").unwrap();
     std::thread::sleep(Duration::from_millis(2_500));
     assert_eq!(status_field(&host.stderr(), "waiting"), Some(held), "{}", host.stderr());
@@ -240,6 +243,13 @@ fn sighup_reopens_the_logs_and_reloads_the_trust_store() {
     // A second HUP with nothing changed keeps the store.
     host.proc.signal("HUP");
     assert!(host.proc.wait_stderr("trust store unchanged", LONG), "{}", host.proc.stderr());
+    // A damaged store is refused on HUP: the current one stays, PM-2 keeps streaming.
+    std::fs::write(sb.store(), "not a trust store\n").unwrap();
+    host.proc.signal("HUP");
+    assert!(host.proc.wait_stderr("trust store not reloaded", LONG), "{}", host.proc.stderr());
+    let before = lines_of(&host.telemetry(), "PM-2");
+    assert!(wait_until(LONG, || lines_of(&host.telemetry(), "PM-2") > before + 5).is_some());
+    assert!(host.events_named("session_closed").iter().all(|e| e["device_id"] != "PM-2"));
 }
 
 #[test]
