@@ -317,3 +317,32 @@ fn an_events_sink_that_cannot_write_holds_its_events_until_it_can() {
     assert!(status.success(), "{status:?}: {}", host.proc.stderr());
     assert!(host.events_named("session_closed").iter().any(|e| e["device_id"] == "PM-1"));
 }
+
+#[test]
+fn stdout_to_a_pipe_nobody_reads_is_reported_and_sigterm_still_ends_the_host() {
+    let sb = sandbox("stuck-pipe");
+    let mut cmd = bin();
+    cmd.args(["host", "--key", s(&sb.path("host.key")), "--trust", s(&sb.store()), "--tcp", "127.0.0.1:0"]);
+    cmd.args(["--telemetry", "-", "--events", s(&sb.path("events.jsonl")), "--status"]);
+    // stdout is piped and never read: the pipe fills and the host's writes block.
+    let mut host = Proc::spawn(cmd);
+    assert!(host.wait_stderr("vitalwire host: TCP ", LONG), "{}", host.stderr());
+    let addr =
+        host.stderr().lines().find_map(|l| l.strip_prefix("vitalwire host: TCP ")?.trim().parse().ok());
+    let _device =
+        start_device(&sb, &DeviceArgs { rate: 500.0, ..DeviceArgs::new("pm1", "PM-1", addr.unwrap()) });
+    let events = sb.path("events.jsonl");
+    let failed = wait_until(LONG, || {
+        read_jsonl(&events).iter().any(|e| e["event"] == "sink_failed" && e["target"] == "stdout")
+    });
+    assert!(failed.is_some(), "a blocked sink was not reported: {}", host.stderr());
+    // The host is not frozen: its status line still ticks, and says the sink fails.
+    assert!(host.wait_stderr("telemetry sink FAILING", LONG), "{}", host.stderr());
+    host.signal("TERM");
+    let status = host.wait_exit(LONG).expect("SIGTERM ends a host whose stdout nobody reads");
+    let err = host.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("telemetry lines could not be written to stdout"), "{err}");
+    let closed = read_jsonl(&events);
+    assert!(closed.iter().any(|e| e["event"] == "session_closed" && e["device_id"] == "PM-1"), "{closed:?}");
+}
