@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use serde_json::json;
 use vitalwire_tokio::Telemetry;
@@ -16,21 +17,40 @@ enum Target {
     File(PathBuf),
 }
 
+/// What the writer thread is asked to do.
+enum Job {
+    Write(Vec<u8>),
+    Reopen(File),
+}
+
+/// What a write did: the bytes it was given, how many of them it wrote, and why it stopped
+/// short.
+pub struct Written {
+    buf: Vec<u8>,
+    written: usize,
+    error: Option<io::Error>,
+}
+
 /// A JSON Lines sink that never drops a line it was given.
 ///
-/// Lines are appended to a buffer and written with plain `write` calls on an unbuffered file
-/// descriptor (stdout and stderr are duplicated, so no library buffer holds bytes back). When
-/// a write fails (a full disk, `/dev/full`, a pipe whose reader quit), what was not written
-/// stays in the buffer, byte-exact, and the next [`Sink::flush`] resumes where the failed one
-/// stopped: no line is lost, none is written twice or torn. The caller stops giving it lines
-/// while it [`Sink::is_holding`] (that is the backpressure).
+/// Lines are queued here and written by a thread of the sink's own with plain `write` calls
+/// on an unbuffered file descriptor (stdout and stderr are duplicated, so no library buffer
+/// holds bytes back), so a write that blocks (a pipe whose reader stopped reading) never
+/// blocks the host. When a write fails (a full disk, `/dev/full`, a pipe whose reader quit),
+/// what was not written goes back to the front of the queue, byte-exact, and the next write
+/// resumes there: no line is lost, none is written twice or torn.
+///
+/// The owner calls [`Sink::start`] to hand the queue to the thread, awaits
+/// [`Sink::finished`] while [`Sink::busy`], and gives the result to [`Sink::settle`].
 pub struct Sink {
     target: Target,
-    out: File,
-    pending: Vec<u8>,
-    /// Bytes of `pending` already written.
-    done: usize,
+    queued: Vec<u8>,
+    queued_lines: u64,
+    /// The lines with the writer thread, and since when.
+    in_flight: Option<(u64, Instant)>,
     written_lines: u64,
+    jobs: std::sync::mpsc::Sender<Job>,
+    results: tokio::sync::mpsc::UnboundedReceiver<Written>,
 }
 
 impl Sink {
@@ -44,7 +64,21 @@ impl Sink {
             path => Target::File(PathBuf::from(path)),
         };
         let out = open_target(&target)?;
-        Ok(Sink { target, out, pending: Vec::new(), done: 0, written_lines: 0 })
+        let (jobs, inbox) = std::sync::mpsc::channel();
+        let (done, results) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("vitalwire-sink".into())
+            .spawn(move || writer(out, inbox, done))
+            .map_err(|e| format!("cannot start a writer thread: {e}"))?;
+        Ok(Sink {
+            target,
+            queued: Vec::new(),
+            queued_lines: 0,
+            in_flight: None,
+            written_lines: 0,
+            jobs,
+            results,
+        })
     }
 
     /// What the sink writes to, for messages (`stdout`, `stderr` or the path).
@@ -56,46 +90,75 @@ impl Sink {
         }
     }
 
-    /// Takes one line (without its newline) to write at the next [`Sink::flush`].
+    /// Takes one line (without its newline) to write.
     pub fn push(&mut self, text: &str) {
-        self.pending.extend_from_slice(text.as_bytes());
-        self.pending.push(b'\n');
+        self.queued.extend_from_slice(text.as_bytes());
+        self.queued.push(b'\n');
+        self.queued_lines += 1;
     }
 
-    /// Writes what it holds. On an error, what is not written yet is kept for the next call.
-    pub fn flush(&mut self) -> io::Result<()> {
-        while self.done < self.pending.len() {
-            match self.out.write(&self.pending[self.done..]) {
-                Ok(0) => {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "the sink accepts no more bytes"))
-                }
-                Ok(n) => {
-                    let chunk = &self.pending[self.done..self.done + n];
-                    self.written_lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
-                    self.done += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Keep the buffer small: drop what is written, keep the rest.
-                    self.pending.drain(..self.done);
-                    self.done = 0;
-                    return Err(e);
+    /// Bytes queued and not yet handed to the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Hands what is queued to the writer thread, unless it is busy or there is nothing.
+    pub fn start(&mut self) {
+        if self.in_flight.is_some() || self.queued.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.queued);
+        match self.jobs.send(Job::Write(buf)) {
+            Ok(()) => self.in_flight = Some((std::mem::take(&mut self.queued_lines), Instant::now())),
+            // The thread is gone (it never exits on its own): keep the lines.
+            Err(std::sync::mpsc::SendError(job)) => {
+                if let Job::Write(buf) = job {
+                    self.queued = buf;
                 }
             }
         }
-        self.pending.clear();
-        self.done = 0;
-        Ok(())
     }
 
-    /// Whether it holds lines it could not write yet.
+    /// Whether a write is under way, and since when.
+    pub fn busy(&self) -> Option<Instant> {
+        self.in_flight.map(|(_, since)| since)
+    }
+
+    /// The end of the write under way (pending forever if there is none).
+    pub async fn finished(&mut self) -> Written {
+        match self.results.recv().await {
+            Some(w) => w,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes in the result of a write: counts what was written, puts the rest back at the
+    /// front of the queue, and returns the error that stopped it.
+    pub fn settle(&mut self, w: Written) -> io::Result<()> {
+        let (lines, _) = self.in_flight.take().unwrap_or((0, Instant::now()));
+        let done = w.buf[..w.written].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.written_lines += done;
+        match w.error {
+            None => Ok(()),
+            Some(e) => {
+                let mut rest = w.buf;
+                rest.drain(..w.written);
+                rest.extend_from_slice(&self.queued);
+                self.queued = rest;
+                self.queued_lines += lines.saturating_sub(done);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether it holds lines not written yet (queued or being written).
     pub fn is_holding(&self) -> bool {
-        self.done < self.pending.len()
+        self.in_flight.is_some() || !self.queued.is_empty()
     }
 
-    /// Lines taken but not (completely) written yet.
+    /// Lines taken and not (completely) written yet.
     pub fn held_lines(&self) -> u64 {
-        self.pending[self.done..].iter().filter(|&&b| b == b'\n').count() as u64
+        self.queued_lines + self.in_flight.map_or(0, |(n, _)| n)
     }
 
     /// Lines written completely since start.
@@ -104,13 +167,51 @@ impl Sink {
     }
 
     /// Opens a file target again (after log rotation: the new file at the same path); what it
-    /// holds goes to the new file. Stdout and stderr stay as they are. On an error the old file
-    /// stays in use.
+    /// holds goes to the new file (after a write under way, if any). Stdout and stderr stay as
+    /// they are. On an error the old file stays in use.
     pub fn reopen(&mut self) -> Result<(), String> {
         if let Target::File(_) = self.target {
-            self.out = open_target(&self.target)?;
+            let file = open_target(&self.target)?;
+            let _ = self.jobs.send(Job::Reopen(file));
         }
         Ok(())
+    }
+}
+
+/// The writer thread: writes each buffer it is given as far as it can.
+fn writer(
+    mut out: File,
+    inbox: std::sync::mpsc::Receiver<Job>,
+    done: tokio::sync::mpsc::UnboundedSender<Written>,
+) {
+    while let Ok(job) = inbox.recv() {
+        match job {
+            Job::Reopen(file) => out = file,
+            Job::Write(buf) => {
+                let mut written = 0;
+                let mut error = None;
+                while written < buf.len() {
+                    match out.write(&buf[written..]) {
+                        Ok(0) => {
+                            error = Some(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "the sink accepts no more bytes",
+                            ));
+                            break;
+                        }
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if done.send(Written { buf, written, error }).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use vitalwire::{
 use vitalwire_tokio::clock;
 use vitalwire_tokio::{Host, HostConfig, Telemetry};
 
-use crate::output::{telemetry_json, Sink};
+use crate::output::{telemetry_json, Sink, Written};
 
 pub struct HostOptions {
     pub key: PathBuf,
@@ -109,15 +109,21 @@ fn reload_trust(trust: &LiveTrust, host: &Host) -> Result<bool, String> {
 /// First and largest pause between retries of a sink that cannot write.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Lines taken from a channel per write.
+/// A write that has not returned for this long makes the sink "failing" (a reader that stopped
+/// reading).
+const BLOCKED_AFTER: Duration = Duration::from_secs(5);
+/// Lines taken from a channel at once, and bytes a sink queues before taking no more.
 const BATCH: usize = 256;
+const MAX_QUEUED: usize = 1 << 20;
+/// How long a stopping host keeps trying to write what its sinks hold.
+const FINAL_WRITES: Duration = Duration::from_secs(3);
 
 /// A sink and the state of its failures.
 struct Output {
     sink: Sink,
     /// `telemetry` or `events`.
     what: &'static str,
-    /// The error of the failing write, while the sink fails.
+    /// Why the sink fails, while it fails.
     failing: Option<String>,
     retry_in: Duration,
     retry_at: Option<tokio::time::Instant>,
@@ -134,12 +140,24 @@ impl Output {
         Output { sink, what, failing: None, retry_in: RETRY_FIRST, retry_at: None }
     }
 
-    /// Writes what the sink holds; schedules a retry when that fails.
-    fn write(&mut self) -> Option<Change> {
-        match self.sink.flush() {
+    /// Whether to take more lines: not while it fails, nor while much waits already.
+    fn accepts(&self) -> bool {
+        self.failing.is_none() && self.sink.queued_bytes() < MAX_QUEUED
+    }
+
+    /// Starts writing what is queued, unless a retry is scheduled.
+    fn start(&mut self) {
+        if self.retry_at.is_none() {
+            self.sink.start();
+        }
+    }
+
+    /// Takes in the end of a write; schedules a retry when it failed.
+    fn settle(&mut self, written: Written) -> Option<Change> {
+        match self.sink.settle(written) {
             Ok(()) => {
-                self.retry_at = None;
                 self.retry_in = RETRY_FIRST;
+                self.sink.start();
                 self.failing.take().map(|_| Change::Recovered)
             }
             Err(e) => {
@@ -150,6 +168,17 @@ impl Output {
                 first.then(|| Change::Failed(e.to_string()))
             }
         }
+    }
+
+    /// A write that does not return is a failure too.
+    fn check_blocked(&mut self) -> Option<Change> {
+        let since = self.sink.busy()?;
+        if self.failing.is_some() || since.elapsed() < BLOCKED_AFTER {
+            return None;
+        }
+        let why = format!("a write has not returned for {} s (nobody reads?)", since.elapsed().as_secs());
+        self.failing = Some(why.clone());
+        Some(Change::Failed(why))
     }
 
     /// A host event about this sink, in the format of the security events.
@@ -183,7 +212,7 @@ struct Sinks {
 }
 
 impl Sinks {
-    /// Reports a change of `which` sink on stderr and in the events sink.
+    /// Reports a change of the telemetry or the events sink on stderr and in the events sink.
     fn report(&mut self, telemetry: bool, change: Change) {
         let out = if telemetry { &self.telemetry } else { &self.events };
         let line = out.event_line(&change);
@@ -203,20 +232,14 @@ impl Sinks {
         }
         // In the events sink too (after what it holds, if it is the one failing).
         self.events.sink.push(&line);
-        if telemetry || matches!(change, Change::Recovered) {
-            self.write_events();
-        }
+        self.events.start();
     }
 
-    fn write_telemetry(&mut self) {
-        if let Some(change) = self.telemetry.write() {
-            self.report(true, change);
-        }
-    }
-
-    fn write_events(&mut self) {
-        if let Some(change) = self.events.write() {
-            self.report(false, change);
+    /// Takes in the end of a write of the telemetry (or the events) sink.
+    fn settle(&mut self, telemetry: bool, written: Written) {
+        let out = if telemetry { &mut self.telemetry } else { &mut self.events };
+        if let Some(change) = out.settle(written) {
+            self.report(telemetry, change);
         }
     }
 
@@ -228,7 +251,7 @@ impl Sinks {
                 Err(_) => break,
             }
         }
-        self.write_telemetry();
+        self.telemetry.start();
     }
 
     fn take_event(&mut self, first: SecurityEvent, rx: &mut mpsc::Receiver<SecurityEvent>) {
@@ -245,7 +268,7 @@ impl Sinks {
                 Err(_) => break,
             }
         }
-        self.write_events();
+        self.events.start();
     }
 
     /// The earliest retry due.
@@ -258,11 +281,21 @@ impl Sinks {
 
     fn retry(&mut self) {
         let now = tokio::time::Instant::now();
-        if self.telemetry.retry_at.is_some_and(|t| t <= now) {
-            self.write_telemetry();
+        for out in [&mut self.telemetry, &mut self.events] {
+            if out.retry_at.is_some_and(|t| t <= now) {
+                out.retry_at = None;
+                out.start();
+            }
         }
-        if self.events.retry_at.is_some_and(|t| t <= now) {
-            self.write_events();
+    }
+
+    /// Reports writes that do not return.
+    fn check_blocked(&mut self) {
+        if let Some(change) = self.telemetry.check_blocked() {
+            self.report(true, change);
+        }
+        if let Some(change) = self.events.check_blocked() {
+            self.report(false, change);
         }
     }
 
@@ -271,7 +304,7 @@ impl Sinks {
         for out in [&mut self.telemetry, &mut self.events] {
             match out.sink.reopen() {
                 Ok(()) => {
-                    if out.sink.is_holding() {
+                    if out.retry_at.is_some() {
                         out.retry_at = Some(tokio::time::Instant::now());
                         out.retry_in = RETRY_FIRST;
                     }
@@ -280,6 +313,10 @@ impl Sinks {
             }
         }
         self.retry();
+    }
+
+    fn holding(&self) -> bool {
+        self.telemetry.sink.is_holding() || self.events.sink.is_holding()
     }
 }
 
@@ -355,10 +392,13 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
             }
             // A sink holding a line it could not write takes no more: the host's buffer
             // fills and the host stops reading from devices.
-            Some(t) = telemetry.recv(), if !sinks.telemetry.sink.is_holding() => sinks.take_telemetry(t, &mut telemetry),
-            Some(e) = events.recv(), if !sinks.events.sink.is_holding() => sinks.take_event(e, &mut events),
+            Some(t) = telemetry.recv(), if sinks.telemetry.accepts() => sinks.take_telemetry(t, &mut telemetry),
+            Some(e) = events.recv(), if sinks.events.accepts() => sinks.take_event(e, &mut events),
+            w = sinks.telemetry.sink.finished(), if sinks.telemetry.sink.busy().is_some() => sinks.settle(true, w),
+            w = sinks.events.sink.finished(), if sinks.events.sink.busy().is_some() => sinks.settle(false, w),
             _ = sleep_until_some(retry_at) => sinks.retry(),
             _ = tick.tick() => {
+                sinks.check_blocked();
                 let s = host.stats();
                 let written = sinks.telemetry.sink.written_lines();
                 if opts.status {
@@ -394,10 +434,14 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     let shutdown = host.shutdown();
     tokio::pin!(shutdown);
     loop {
+        let retry_at = sinks.retry_at();
         tokio::select! {
             _ = &mut shutdown => break,
             Some(t) = telemetry.recv() => sinks.take_telemetry(t, &mut telemetry),
             Some(e) = events.recv() => sinks.take_event(e, &mut events),
+            w = sinks.telemetry.sink.finished(), if sinks.telemetry.sink.busy().is_some() => sinks.settle(true, w),
+            w = sinks.events.sink.finished(), if sinks.events.sink.busy().is_some() => sinks.settle(false, w),
+            _ = sleep_until_some(retry_at) => sinks.retry(),
         }
     }
     while let Ok(t) = telemetry.try_recv() {
@@ -406,15 +450,19 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     while let Ok(e) = events.try_recv() {
         sinks.events.sink.push(&e.to_json_line());
     }
-    // A last few tries for a sink that fails, then say what could not be written.
-    for attempt in 0..3 {
-        sinks.write_telemetry();
-        sinks.write_events();
-        if !sinks.telemetry.sink.is_holding() && !sinks.events.sink.is_holding() {
-            break;
-        }
-        if attempt < 2 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    // Last tries for what the sinks hold, for a bounded time; then say what could not be
+    // written (a write that never returns is given up on: the process exits).
+    sinks.telemetry.start();
+    sinks.events.start();
+    let give_up = tokio::time::sleep(FINAL_WRITES);
+    tokio::pin!(give_up);
+    while sinks.holding() {
+        let retry_at = sinks.retry_at();
+        tokio::select! {
+            _ = &mut give_up => break,
+            w = sinks.telemetry.sink.finished(), if sinks.telemetry.sink.busy().is_some() => sinks.settle(true, w),
+            w = sinks.events.sink.finished(), if sinks.events.sink.busy().is_some() => sinks.settle(false, w),
+            _ = sleep_until_some(retry_at) => sinks.retry(),
         }
     }
     let _ = trust.store().flush();
@@ -432,7 +480,7 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
                 out.sink.held_lines(),
                 out.what,
                 out.sink.name(),
-                out.failing.as_deref().unwrap_or("write failed")
+                out.failing.as_deref().unwrap_or("not written in time")
             ));
         }
     }
