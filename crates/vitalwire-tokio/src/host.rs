@@ -59,7 +59,8 @@ pub struct HostConfig {
     pub trust: Option<Arc<dyn TrustPolicy>>,
     /// Most handshakes in progress at once (default 256).
     pub max_half_open: usize,
-    /// Most established sessions (default 10,000).
+    /// Most established sessions (default 10,000): a TCP session is refused when TCP and UDP
+    /// sessions together reach it; a UDP socket also holds its own sessions to it.
     pub max_sessions: usize,
     /// Time allowed for a handshake (default 5 s).
     pub handshake_timeout: Duration,
@@ -309,7 +310,10 @@ impl Host {
     }
 
     /// Closes every session with a CLOSE `GOING_AWAY`, stops accepting, and waits for the
-    /// connection tasks to finish.
+    /// connection tasks and the [`crate::udp::serve_udp`] loops to finish. Keep draining the
+    /// telemetry receiver meanwhile: a task waiting for room in it waits at most
+    /// [`STOP_GRACE`] more, and what it then gives up on is counted in
+    /// [`HostStats::undelivered`].
     pub async fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
         self.shared.tasks.close();
