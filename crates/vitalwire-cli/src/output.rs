@@ -256,3 +256,67 @@ fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("vitalwire-sink-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    async fn write_all(sink: &mut Sink) -> io::Result<()> {
+        sink.start();
+        while sink.busy().is_some() {
+            let w = sink.finished().await;
+            sink.settle(w)?;
+            sink.start();
+        }
+        Ok(())
+    }
+
+    /// A write cut short in the middle of a line resumes at the exact byte: the file ends up
+    /// with every line once, none torn, and the counts say what was written.
+    #[tokio::test]
+    async fn a_short_write_resumes_at_the_byte_it_stopped() {
+        let path = scratch("short");
+        let mut sink = Sink::open(path.to_str().unwrap(), false).unwrap();
+        for line in ["a", "bb", "ccc"] {
+            sink.push(line);
+        }
+        // As if the writer had written 3 bytes ("a\nb") and then failed.
+        std::fs::write(&path, "a\nb").unwrap();
+        let buf = std::mem::take(&mut sink.queued);
+        sink.in_flight = Some((std::mem::take(&mut sink.queued_lines), Instant::now()));
+        let failed = Written { buf, written: 3, error: Some(io::Error::other("disk full")) };
+        assert!(sink.settle(failed).is_err());
+        assert_eq!((sink.written_lines(), sink.held_lines()), (1, 2));
+        assert!(sink.is_holding());
+        sink.push("dddd");
+        write_all(&mut sink).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nbb\nccc\ndddd\n");
+        assert_eq!((sink.written_lines(), sink.held_lines()), (4, 0));
+        assert!(!sink.is_holding());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A sink on /dev/full keeps every line; reopened on a real file it writes them all.
+    #[tokio::test]
+    async fn a_failing_file_keeps_its_lines_until_reopened() {
+        let path = scratch("full");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let mut sink = Sink::open(path.to_str().unwrap(), false).unwrap();
+        sink.push("one");
+        sink.push("two");
+        let err = write_all(&mut sink).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "{err}");
+        assert_eq!((sink.written_lines(), sink.held_lines()), (0, 2));
+        std::fs::remove_file(&path).unwrap();
+        sink.reopen().unwrap();
+        write_all(&mut sink).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        let _ = std::fs::remove_file(&path);
+    }
+}
