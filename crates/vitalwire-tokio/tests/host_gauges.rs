@@ -137,3 +137,43 @@ async fn never_deadlines_do_not_panic_the_host() {
     assert_eq!(host.stats().sessions, 2);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_even_when_nobody_drains_the_telemetry() {
+    let mut config = HostConfig::new(|| ResponderConfig::new(host_keys(), Arc::new(AllowAnyPeerInsecure)));
+    config.telemetry_buffer = 1;
+    let (host, telemetry, mut events) = Host::new(config);
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = host.clone();
+    tokio::spawn(async move { h.serve_tcp(listener).await });
+    let mut config = ClientConfig::new(addr.to_string(), move || device(5));
+    config.max_attempts = Some(1);
+    let mut client = DeviceClient::start(config);
+    loop {
+        match timeout(Duration::from_secs(10), client.next_event()).await.expect("connected in time") {
+            Some(ClientEvent::Connected { .. }) => break,
+            Some(ClientEvent::Security(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    for i in 0..10u8 {
+        client.send(1, vec![i; 8]).await.unwrap();
+    }
+    // The buffer (1) is full and the connection task waits for room that never comes.
+    let stuck = timeout(Duration::from_secs(10), async {
+        while host.stats().bytes < 16 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(stuck.is_ok(), "{:?}", host.stats());
+    // Shutdown waits at most STOP_GRACE for it, then counts what it gave up on.
+    let ended = timeout(host::STOP_GRACE * 5, host.shutdown()).await;
+    assert!(ended.is_ok(), "shutdown hung on a full telemetry buffer: {:?}", host.stats());
+    let s = host.stats();
+    assert_eq!(s.frames, 1, "{s:?}");
+    assert!(s.undelivered >= 1, "{s:?}");
+    drop(telemetry);
+}
