@@ -48,6 +48,12 @@ enum Command {
     },
     /// Run a host (gateway): accept devices on TCP and/or UDP, write received telemetry as
     /// JSON Lines and security events as JSON Lines.
+    ///
+    /// SIGTERM or SIGINT: close every session with GOING_AWAY, write what was received, exit 0
+    /// (1 if lines could not be written; stderr says how many). SIGHUP: reopen the telemetry
+    /// and event files (log rotation) and reload the trust store. A sink that cannot write
+    /// holds its lines and retries; the host stops reading from devices meanwhile and reports
+    /// `sink_failed` (then `sink_recovered`) on stderr and in the events.
     Host {
         /// The host's private key file.
         #[arg(long)]
@@ -61,28 +67,31 @@ enum Command {
         /// Listen for UDP datagrams here (e.g. 0.0.0.0:7701).
         #[arg(long)]
         udp: Option<SocketAddr>,
-        /// Where telemetry goes: `-` (stdout) or a file.
+        /// Where telemetry goes: `-` (stdout) or a file (appended; reopened on SIGHUP).
         #[arg(long, default_value = "-")]
         telemetry: String,
-        /// Where security events go: `-` (stderr) or a file.
+        /// Where security events go: `-` (stderr) or a file (appended; reopened on SIGHUP).
         #[arg(long, default_value = "-")]
         events: String,
-        /// Show a live one-line status on stderr.
+        /// Show a status line on stderr every second (redrawn on a terminal, one line a second
+        /// otherwise): sessions, telemetry lines written, frames received and waiting to be
+        /// written, failing sinks.
         #[arg(long)]
         status: bool,
         /// Accept pairing requests from unregistered devices (compare the codes!).
         #[arg(long)]
         allow_pairing: bool,
-        /// Stop after this many seconds (default: run until Ctrl-C).
+        /// Stop after this many seconds (default: run until SIGTERM or Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
-        /// Handshakes one source address may start at once.
+        /// Handshakes one source address may start at once (at least 1).
         #[arg(long, default_value_t = 20)]
         handshake_burst: u32,
-        /// Handshakes per second one source address may start after its burst.
+        /// Handshakes per second one source address may start after its burst (a positive
+        /// number).
         #[arg(long, default_value_t = 10.0)]
         handshake_rate: f64,
-        /// Most handshakes in progress at once.
+        /// Most handshakes in progress at once (at least 1).
         #[arg(long, default_value_t = 256)]
         max_half_open: usize,
     },

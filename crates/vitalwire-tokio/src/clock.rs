@@ -9,6 +9,7 @@
 //! stamps stay close to the wall clock and drift from it only by the steps it took.
 //! [`wall`] is the wall clock itself, for records that must carry it (telemetry lines).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,9 +20,22 @@ fn origin() -> &'static (Instant, u64) {
     ORIGIN.get_or_init(|| (Instant::now(), wall().0))
 }
 
+/// A simulated step of the wall clock, in milliseconds (tests only; 0 otherwise).
+static WALL_STEP_MS: AtomicI64 = AtomicI64::new(0);
+
 /// The wall clock now, in milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn wall() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let step = WALL_STEP_MS.load(Ordering::Relaxed);
+    Timestamp(if step >= 0 { ms.saturating_add(step as u64) } else { ms.saturating_sub(step.unsigned_abs()) })
+}
+
+/// Steps what [`wall`] returns by `ms` milliseconds (negative: backwards), as NTP or an
+/// operator stepping the system clock would, for the whole process. For tests of clock steps
+/// only; [`monotonic`] is not affected once it has been read.
+#[doc(hidden)]
+pub fn step_wall_clock_for_testing_only(ms: i64) {
+    WALL_STEP_MS.fetch_add(ms, Ordering::Relaxed);
 }
 
 /// A clock that never goes backwards or jumps: the time to pass to the core.

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -27,12 +27,14 @@ use vitalwire::{
     SecurityEvent, Timer, TimerConfig, Timestamp, TrustPolicy,
 };
 
+use crate::clock;
 use crate::codec::{FrameCodec, LinkError};
 use crate::limits::RateLimiter;
 
-/// The wall clock as a vitalwire timestamp (milliseconds since the Unix epoch).
+/// The wall clock as a vitalwire timestamp (milliseconds since the Unix epoch): for stamps
+/// only. Timers run on [`clock::monotonic`].
 pub fn now_ts() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+    clock::wall()
 }
 
 /// Resolves once the shutdown flag is set.
@@ -40,6 +42,10 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped before this future completes.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
+
+/// How long, once the host stops, a received message may still wait for room in the
+/// application's telemetry buffer.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Builds the responder configuration of each handshake.
 pub type ResponderFactory = Arc<dyn Fn() -> ResponderConfig + Send + Sync>;
@@ -53,7 +59,8 @@ pub struct HostConfig {
     pub trust: Option<Arc<dyn TrustPolicy>>,
     /// Most handshakes in progress at once (default 256).
     pub max_half_open: usize,
-    /// Most established sessions (default 10,000).
+    /// Most established sessions (default 10,000): a TCP session is refused when TCP and UDP
+    /// sessions together reach it; a UDP socket also holds its own sessions to it.
     pub max_sessions: usize,
     /// Time allowed for a handshake (default 5 s).
     pub handshake_timeout: Duration,
@@ -91,6 +98,28 @@ impl HostConfig {
             cookie_threshold: 64,
         }
     }
+
+    /// Refuses settings with which the host would admit no device (or whose meaning is
+    /// undefined): zero half-open handshakes, sessions or burst, and a handshake rate that is
+    /// not a positive finite number. The message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_half_open == 0 {
+            return Err("max_half_open is 0: no handshake could ever start".into());
+        }
+        if self.max_sessions == 0 {
+            return Err("max_sessions is 0: no session could ever open".into());
+        }
+        if self.handshake_burst == 0 {
+            return Err("handshake_burst is 0: no source could ever start a handshake".into());
+        }
+        if !(self.handshake_rate.is_finite() && self.handshake_rate > 0.0) {
+            return Err(format!(
+                "handshake_rate is {}: it must be a positive, finite number of handshakes per second",
+                self.handshake_rate
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One received application message.
@@ -109,15 +138,22 @@ pub struct Telemetry {
 }
 
 /// Counters of a host, readable at any time.
+///
+/// The TCP tasks raise and lower `sessions` and `half_open` one by one; the UDP loop owns its
+/// own pair and stores its counts there. The two are never mixed: a store from one into a
+/// gauge the other decrements would wrap it.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub sessions: AtomicUsize,
     pub half_open: AtomicUsize,
+    pub udp_sessions: AtomicUsize,
+    pub udp_half_open: AtomicUsize,
     pub sessions_total: AtomicU64,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
     pub rejected: AtomicU64,
     pub events_dropped: AtomicU64,
+    pub undelivered: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -129,14 +165,18 @@ pub struct HostStats {
     pub half_open: usize,
     /// Sessions established since start.
     pub sessions_total: u64,
-    /// DATA messages delivered to the application.
+    /// DATA messages handed to the application's telemetry channel (not necessarily written
+    /// anywhere yet: the application counts what it writes).
     pub frames: u64,
-    /// Payload bytes delivered.
+    /// Payload bytes handed to the application.
     pub bytes: u64,
     /// Connections and packets refused (limits, failed handshakes, untrusted devices).
     pub rejected: u64,
     /// Security events dropped because the application did not drain them.
     pub events_dropped: u64,
+    /// DATA messages received but not handed to the application because the host stopped
+    /// while they waited for room in its telemetry buffer.
+    pub undelivered: u64,
 }
 
 pub(crate) struct Shared {
@@ -161,6 +201,39 @@ impl Shared {
 
     pub fn host_event(&self, kind: EventKind) {
         self.event(SecurityEvent::new(kind, now_ts(), None, None));
+    }
+
+    /// Sessions open now, TCP and UDP together.
+    pub fn open_sessions(&self) -> usize {
+        let c = &self.counters;
+        c.sessions.load(Ordering::Relaxed).saturating_add(c.udp_sessions.load(Ordering::Relaxed))
+    }
+
+    /// Hands one telemetry item to the application, waiting while its buffer is full
+    /// (backpressure). Once the host stops, the wait is bounded by [`STOP_GRACE`] (an
+    /// application that keeps draining while it shuts down gets everything); past it the item
+    /// is counted as undelivered and `false` is returned.
+    pub async fn deliver(&self, item: Telemetry) -> bool {
+        let item = match self.telemetry.try_send(item) {
+            Ok(()) => {
+                self.counters.frames.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.undelivered.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
+        let mut stop = self.shutdown.subscribe();
+        let delivered = tokio::select! {
+            biased;
+            sent = self.telemetry.send(item) => sent.is_ok(),
+            _ = async { stopped(&mut stop).await; tokio::time::sleep(STOP_GRACE).await } => false,
+        };
+        let counter = if delivered { &self.counters.frames } else { &self.counters.undelivered };
+        counter.fetch_add(1, Ordering::Relaxed);
+        delivered
     }
 
     pub fn allow_handshake(&self, source: Option<IpAddr>) -> bool {
@@ -237,7 +310,10 @@ impl Host {
     }
 
     /// Closes every session with a CLOSE `GOING_AWAY`, stops accepting, and waits for the
-    /// connection tasks to finish.
+    /// connection tasks and the [`crate::udp::serve_udp`] loops to finish. Keep draining the
+    /// telemetry receiver meanwhile: a task waiting for room in it waits at most
+    /// [`STOP_GRACE`] more, and what it then gives up on is counted in
+    /// [`HostStats::undelivered`].
     pub async fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
         self.shared.tasks.close();
@@ -248,13 +324,17 @@ impl Host {
     pub fn stats(&self) -> HostStats {
         let c = &self.shared.counters;
         HostStats {
-            sessions: c.sessions.load(Ordering::Relaxed),
-            half_open: c.half_open.load(Ordering::Relaxed),
+            sessions: self.shared.open_sessions(),
+            half_open: c
+                .half_open
+                .load(Ordering::Relaxed)
+                .saturating_add(c.udp_half_open.load(Ordering::Relaxed)),
             sessions_total: c.sessions_total.load(Ordering::Relaxed),
             frames: c.frames.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             events_dropped: c.events_dropped.load(Ordering::Relaxed),
+            undelivered: c.undelivered.load(Ordering::Relaxed),
         }
     }
 }
@@ -339,12 +419,12 @@ async fn on_frame(
     match frame {
         Some(Ok(frame)) => match session.open(frame) {
             Ok(Incoming::Data { channel, payload }) => {
-                shared.counters.frames.fetch_add(1, Ordering::Relaxed);
                 shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
                 let item =
                     Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
-                // Backpressure: wait for the application rather than drop.
-                shared.telemetry.send(item).await.is_err()
+                // Backpressure: wait for the application rather than drop. If the host stops
+                // while this waits, the session ends (with GOING_AWAY, in `run_connection`).
+                !shared.deliver(item).await
             }
             Ok(_) => false,
             Err(e) => e.is_fatal(),
@@ -403,7 +483,7 @@ where
     }
     let Ok(mut session) = hs.into_session() else { return };
     let mut out = BytesMut::new();
-    if shared.counters.sessions.load(Ordering::Relaxed) >= shared.config.max_sessions {
+    if shared.open_sessions() >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         shared.host_event(EventKind::LimitExceeded { limit: Limit::Sessions });
         let _ = session.close(CloseCode::GOING_AWAY, &mut out);
@@ -417,11 +497,10 @@ where
     let device_id = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let peer = session.remote_static().fingerprint();
     session.set_timers(shared.config.timers);
-    let _ = session.handle_timeout(now_ts());
-    let started = Instant::now();
-    let started_ts = now_ts();
+    // Timers run on the monotonic clock: a wall-clock step neither fires nor freezes them.
+    let _ = session.handle_timeout(clock::monotonic());
     // One timer, re-armed only when the session's deadline moves.
-    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let far = || clock::deadline(Timestamp(0), Timestamp(u64::MAX));
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Timestamp> = None;
@@ -429,11 +508,7 @@ where
         let deadline = session.poll_timeout();
         if deadline != armed {
             armed = deadline;
-            let at = deadline.map_or_else(far, |t| {
-                tokio::time::Instant::from_std(
-                    started + Duration::from_millis(t.0.saturating_sub(started_ts.0)),
-                )
-            });
+            let at = deadline.map_or_else(far, |t| clock::deadline(clock::monotonic(), t));
             timer.as_mut().reset(at);
         }
         let mut done = false;
@@ -449,7 +524,7 @@ where
             }
             _ = &mut timer => {
                 armed = None;
-                done = session.handle_timeout(now_ts()).is_err();
+                done = session.handle_timeout(clock::monotonic()).is_err();
             }
             frame = framed.next() => {
                 done = on_frame(&shared, &mut session, frame, id, &device_id, peer).await;
@@ -462,6 +537,10 @@ where
                         Some(frame) => done = on_frame(&shared, &mut session, frame, id, &device_id, peer).await,
                         None => break,
                     }
+                }
+                if done && *stop.borrow() {
+                    // The host stopped while a frame waited for the application.
+                    let _ = session.close(CloseCode::GOING_AWAY, &mut out);
                 }
             }
         }

@@ -12,7 +12,8 @@ use tokio::time::{sleep_until, timeout};
 use vitalwire::datagram::{DatagramClient, DatagramConfig, DatagramHost, HostLimits, TYPE_HELLO};
 use vitalwire::{CloseCode, Error, EventKind, Incoming, InitiatorConfig, Limit, OsEntropy, Timestamp};
 
-use crate::host::{now_ts, Host, Telemetry};
+use crate::clock::{self, monotonic};
+use crate::host::{Host, Telemetry};
 use crate::limits::{CookieJar, COOKIE_LEN};
 
 /// Packet type: the host's cookie challenge, `0x25 | receiver_index u32 | cookie[16]`.
@@ -20,13 +21,23 @@ pub const TYPE_COOKIE: u8 = 0x25;
 /// Packet type: a HELLO carrying a cookie, `0x26 | cookie[16] | HELLO packet`.
 pub const TYPE_COOKIE_HELLO: u8 = 0x26;
 
-fn tokio_deadline(t: Timestamp, base: (Instant, Timestamp)) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(base.0 + Duration::from_millis(t.0.saturating_sub(base.1 .0)))
+/// Sleeps until the core's deadline `at` (a [`monotonic`] timestamp), forever if there is none.
+async fn sleep_until_deadline(at: Option<Timestamp>) {
+    match at {
+        Some(at) => sleep_until(clock::deadline(monotonic(), at)).await,
+        None => std::future::pending().await,
+    }
 }
 
-/// Serves devices on a UDP socket until the host shuts down.
+/// Serves devices on a UDP socket until the host shuts down. [`Host::shutdown`] waits for it:
+/// every session is sent a CLOSE `GOING_AWAY` first.
+///
+/// The session and half-open counts of [`Host::stats`] include this socket's sessions (kept
+/// apart from the TCP ones, which TCP tasks raise and lower one by one).
 pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
     let shared = host.shared.clone();
+    // Counted by the host's task tracker: `Host::shutdown` waits until the CLOSEs are out.
+    let _running = shared.tasks.token();
     let factory = shared.config.responder.clone();
     let config = DatagramConfig { timers: shared.config.timers, ..DatagramConfig::default() };
     let limits =
@@ -36,30 +47,31 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
     let jar = CookieJar::new(Duration::from_secs(120));
     let mut stop = shared.shutdown.subscribe();
     let mut trust = shared.trust_epoch.subscribe();
-    let base = (Instant::now(), now_ts());
     let mut buf = vec![0u8; 65_536];
-    loop {
-        let deadline = dh.poll_timeout().map(|t| tokio_deadline(t, base));
+    let result = loop {
+        // Timers and stamps on the monotonic clock: a wall-clock step neither fires nor
+        // freezes a session's timers.
+        let deadline = dh.poll_timeout();
         tokio::select! {
             _ = crate::host::stopped(&mut stop) => {
                 for index in dh.session_indices() {
-                    let _ = dh.close(index, CloseCode::GOING_AWAY, now_ts());
+                    let _ = dh.close(index, CloseCode::GOING_AWAY, monotonic());
                 }
                 flush(&mut dh, &socket, &shared).await;
-                return Ok(());
+                break Ok(());
             }
             _ = trust.changed() => {
                 if let Some(policy) = &shared.config.trust {
-                    dh.recheck(policy.as_ref(), now_ts());
+                    dh.recheck(policy.as_ref(), monotonic());
                 }
             }
-            _ = async { match deadline { Some(d) => sleep_until(d).await, None => std::future::pending().await } } => {
-                dh.handle_timeout(now_ts());
+            _ = sleep_until_deadline(deadline) => {
+                dh.handle_timeout(monotonic());
             }
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
                 let packet = &buf[..n];
-                let now = now_ts();
+                let now = monotonic();
                 match packet.first() {
                     Some(&TYPE_HELLO) => {
                         if !shared.allow_handshake(Some(from.ip())) {
@@ -94,9 +106,12 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
             }
         }
         flush(&mut dh, &socket, &shared).await;
-        shared.counters.sessions.store(dh.session_count(), Ordering::Relaxed);
-        shared.counters.half_open.store(dh.half_open_count(), Ordering::Relaxed);
-    }
+        shared.counters.udp_sessions.store(dh.session_count(), Ordering::Relaxed);
+        shared.counters.udp_half_open.store(dh.half_open_count(), Ordering::Relaxed);
+    };
+    shared.counters.udp_sessions.store(0, Ordering::Relaxed);
+    shared.counters.udp_half_open.store(0, Ordering::Relaxed);
+    result
 }
 
 async fn flush(dh: &mut DatagramHost<SocketAddr>, socket: &UdpSocket, shared: &crate::host::Shared) {
@@ -110,7 +125,6 @@ async fn flush(dh: &mut DatagramHost<SocketAddr>, socket: &UdpSocket, shared: &c
         if let Incoming::Data { channel, payload } = inc.incoming {
             let device_id =
                 dh.session(inc.index).and_then(|s| s.peer_identity()).map(|i| i.device_id.clone());
-            shared.counters.frames.fetch_add(1, Ordering::Relaxed);
             shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
             let item = Telemetry {
                 session: inc.index as u64,
@@ -119,7 +133,10 @@ async fn flush(dh: &mut DatagramHost<SocketAddr>, socket: &UdpSocket, shared: &c
                 channel,
                 payload,
             };
-            let _ = shared.telemetry.send(item).await;
+            // Backpressure: while the application's buffer is full this socket is not read
+            // (the kernel queues, then drops, what devices send); the wait ends if the host
+            // stops.
+            let _ = shared.deliver(item).await;
         }
     }
 }
@@ -130,7 +147,6 @@ pub struct UdpDevice {
     socket: UdpSocket,
     cookie: Option<[u8; COOKIE_LEN]>,
     local_index: u32,
-    base: (Instant, Timestamp),
 }
 
 impl UdpDevice {
@@ -148,9 +164,8 @@ impl UdpDevice {
         let mut index = [0u8; 4];
         let _ = vitalwire::EntropySource::fill(&mut OsEntropy, &mut index);
         let local_index = u32::from_be_bytes(index).max(1);
-        let client = DatagramClient::new(config, local_index, dconfig, now_ts())?;
-        let mut dev =
-            UdpDevice { client, socket, cookie: None, local_index, base: (Instant::now(), now_ts()) };
+        let client = DatagramClient::new(config, local_index, dconfig, monotonic())?;
+        let mut dev = UdpDevice { client, socket, cookie: None, local_index };
         timeout(deadline, async {
             while !dev.client.is_established() {
                 if let Some(e) = dev.client.error() {
@@ -168,7 +183,7 @@ impl UdpDevice {
     /// Sends what is queued, then waits for one packet or timer.
     async fn step(&mut self) -> Result<(), Error> {
         self.transmit().await;
-        let deadline = self.client.poll_timeout().map(|t| tokio_deadline(t, self.base));
+        let deadline = self.client.poll_timeout();
         let mut buf = [0u8; 65_536];
         tokio::select! {
             r = self.socket.recv(&mut buf) => {
@@ -179,11 +194,11 @@ impl UdpDevice {
                     c.copy_from_slice(&p[5..]);
                     self.cookie = Some(c);
                 } else {
-                    let _ = self.client.handle_packet(BytesMut::from(p), now_ts());
+                    let _ = self.client.handle_packet(BytesMut::from(p), monotonic());
                 }
             }
-            _ = async { match deadline { Some(d) => sleep_until(d).await, None => std::future::pending().await } } => {
-                self.client.handle_timeout(now_ts())?;
+            _ = sleep_until_deadline(deadline) => {
+                self.client.handle_timeout(monotonic())?;
             }
         }
         self.transmit().await;
@@ -191,7 +206,7 @@ impl UdpDevice {
     }
 
     async fn transmit(&mut self) {
-        while let Some(p) = self.client.poll_transmit(now_ts()) {
+        while let Some(p) = self.client.poll_transmit(monotonic()) {
             match (p.first(), self.cookie) {
                 (Some(&TYPE_HELLO), Some(cookie)) => {
                     let mut wrapped = Vec::with_capacity(1 + COOKIE_LEN + p.len());
@@ -209,7 +224,7 @@ impl UdpDevice {
 
     /// Sends one DATA message.
     pub async fn send(&mut self, channel: u8, payload: &[u8]) -> Result<(), Error> {
-        self.client.send(channel, payload, now_ts())?;
+        self.client.send(channel, payload, monotonic())?;
         self.transmit().await;
         Ok(())
     }
