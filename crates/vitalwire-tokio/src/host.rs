@@ -55,7 +55,7 @@ pub struct HostConfig {
     pub max_half_open: usize,
     /// Most established sessions (default 10,000).
     pub max_sessions: usize,
-    /// Time allowed for a handshake (default 5 s).
+    /// Time allowed for a handshake, key confirmation included (default 5 s, spec §7.4).
     pub handshake_timeout: Duration,
     /// Handshakes a source address may start at once (default 20).
     pub handshake_burst: u32,
@@ -81,7 +81,7 @@ impl HostConfig {
             trust: None,
             max_half_open: 256,
             max_sessions: 10_000,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_millis(vitalwire::handshake::DEFAULT_HANDSHAKE_TIMEOUT_MS),
             handshake_burst: 20,
             handshake_rate: 10.0,
             timers: TimerConfig::default(),
@@ -337,18 +337,10 @@ async fn on_frame(
     peer: Fingerprint,
 ) -> bool {
     match frame {
-        Some(Ok(frame)) => match session.open(frame) {
-            Ok(Incoming::Data { channel, payload }) => {
-                shared.counters.frames.fetch_add(1, Ordering::Relaxed);
-                shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                let item =
-                    Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
-                // Backpressure: wait for the application rather than drop.
-                shared.telemetry.send(item).await.is_err()
-            }
-            Ok(_) => false,
-            Err(e) => e.is_fatal(),
-        },
+        Some(Ok(frame)) => {
+            let opened = session.open(frame);
+            deliver(shared, opened, id, device_id, peer).await
+        }
         Some(Err(LinkError::Protocol(Error::Decode(e)))) => {
             session.handle_decode_error(e);
             true
@@ -358,6 +350,27 @@ async fn on_frame(
             let _ = session.handle_eof();
             true
         }
+    }
+}
+
+/// Hands an opened frame to the application; returns whether the connection is done.
+async fn deliver(
+    shared: &Shared,
+    opened: Result<Incoming, Error>,
+    id: u64,
+    device_id: &str,
+    peer: Fingerprint,
+) -> bool {
+    match opened {
+        Ok(Incoming::Data { channel, payload }) => {
+            shared.counters.frames.fetch_add(1, Ordering::Relaxed);
+            shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            let item = Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
+            // Backpressure: wait for the application rather than drop.
+            shared.telemetry.send(item).await.is_err()
+        }
+        Ok(_) => false,
+        Err(e) => e.is_fatal(),
     }
 }
 
@@ -377,7 +390,9 @@ where
     let half_open = Gauge::up(&shared.counters.half_open);
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_LEN));
     let Ok(mut hs) = Handshake::responder((shared.config.responder)()) else { return };
-    let result = match timeout(shared.config.handshake_timeout, handshake(&mut framed, &mut hs)).await {
+    // One deadline for the handshake and, in IK/KK, its key confirmation (spec §4.8).
+    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let result = match tokio::time::timeout_at(deadline, handshake(&mut framed, &mut hs)).await {
         Ok(r) => r,
         Err(_) => {
             shared.event(SecurityEvent::new(
@@ -392,14 +407,38 @@ where
     while let Some(e) = hs.poll_event(now_ts()) {
         shared.event(e);
     }
-    drop(half_open);
-    drop(permit);
     if result.is_err() {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let Ok(mut session) = hs.into_session() else { return };
     let mut out = BytesMut::new();
+    // IK/KK: a replayed HELLO gets this far. The session counts, and is reported, only once
+    // the device's first frame authenticates; until then it holds the half-open slot.
+    let first = if session.is_confirmed() {
+        None
+    } else {
+        let first = match tokio::time::timeout_at(deadline, framed.next()).await {
+            Ok(Some(Ok(frame))) => session.open(frame),
+            Ok(Some(Err(LinkError::Protocol(Error::Decode(e))))) => Err(session.handle_decode_error(e)),
+            Ok(Some(Err(_))) | Ok(None) => Err(session.handle_eof().err().unwrap_or(Error::Truncated)),
+            Err(_) => {
+                // The deadline has passed: the session fails as unconfirmed.
+                let _ = session.handle_timeout(vitalwire::Timestamp(u64::MAX));
+                Err(Error::Handshake(HandshakeError::NotConfirmed))
+            }
+        };
+        if !session.is_confirmed() {
+            while let Some(e) = session.poll_event(now_ts()) {
+                shared.event(e);
+            }
+            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Some(first)
+    };
+    drop(half_open);
+    drop(permit);
     if shared.counters.sessions.load(Ordering::Relaxed) >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         shared.host_event(EventKind::LimitExceeded { limit: Limit::Sessions });
@@ -423,6 +462,16 @@ where
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Timestamp> = None;
+    if let Some(first) = first {
+        let done = deliver(&shared, first, id, &device_id, peer).await;
+        session.poll_transmit(&mut out);
+        while let Some(e) = session.poll_event(now_ts()) {
+            shared.event(e);
+        }
+        if !write_all(&shared, &mut framed, &mut out).await || done || session.is_closed() {
+            return;
+        }
+    }
     loop {
         let deadline = session.poll_timeout();
         if deadline != armed {

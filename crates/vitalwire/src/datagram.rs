@@ -223,6 +223,9 @@ pub struct DatagramSession {
     unconfirmed: Option<Retransmit>,
     /// Responder: the digest of the HELLO it answered and the answer, for duplicates.
     response_cache: Option<([u8; 32], Vec<u8>)>,
+    /// Whether `session_established` was reported: at an IK/KK responder only once the
+    /// device's first packet authenticates (key confirmation, spec §4.8).
+    established: bool,
     resend_response: bool,
     packets_sent: u64,
     packets_received: u64,
@@ -253,6 +256,7 @@ impl DatagramSession {
         let mut timers = TimerState::new(config.timers);
         timers.start(now);
         Ok(DatagramSession {
+            established: setup.confirmed(),
             interval: setup.rekey_interval as u64,
             setup,
             config,
@@ -534,6 +538,9 @@ impl DatagramSession {
         self.timers.received_at(now);
         self.unconfirmed = None;
         self.response_cache = None;
+        if !core::mem::replace(&mut self.established, true) {
+            self.events.push(self.setup.established_event());
+        }
         packet.truncate(TRANSPORT_HEADER_LEN + plain_len);
         packet.advance(TRANSPORT_HEADER_LEN);
         let header = match FrameHeader::decode([packet[0], packet[1], packet[2]]) {

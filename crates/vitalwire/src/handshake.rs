@@ -372,8 +372,12 @@ pub struct Handshake {
     timeout_ms: u64,
 }
 
-/// Default time allowed for a handshake.
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default time a responder allows for a stream handshake, key confirmation included
+/// (spec §7.4).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Default time an initiator allows for a stream handshake (spec §7.4): longer than the
+/// responder's, so that the responder's verdict arrives before the initiator gives up.
+pub const DEFAULT_INITIATOR_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 impl core::fmt::Debug for Handshake {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -390,6 +394,10 @@ impl core::fmt::Debug for Handshake {
 
 impl Handshake {
     fn with_side(side: Side, profile: Option<Profile>, suite: Option<CipherSuite>) -> Self {
+        let side_role = match side {
+            Side::Initiator(_) => Role::Initiator,
+            Side::Responder(_) => Role::Responder,
+        };
         Handshake {
             side,
             profile,
@@ -404,7 +412,10 @@ impl Handshake {
             h2: None,
             events: EventQueue::default(),
             deadline: None,
-            timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            timeout_ms: match side_role {
+                Role::Initiator => DEFAULT_INITIATOR_HANDSHAKE_TIMEOUT_MS,
+                Role::Responder => DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            },
         }
     }
 
@@ -899,6 +910,8 @@ impl Handshake {
                     peer_identity: None,
                     params,
                     pairing_code,
+                    confirm_deadline: None,
+                    confirm_timeout_ms: 0,
                 }
             }
             Side::Responder(c) => {
@@ -913,16 +926,17 @@ impl Handshake {
                     peer_identity: Some(identity),
                     params: c.params,
                     pairing_code,
+                    confirm_deadline: self.deadline,
+                    confirm_timeout_ms: self.timeout_ms,
                 }
             }
         };
         let mut events = core::mem::take(&mut self.events);
-        events.push(EventKind::SessionEstablished {
-            role: setup.role,
-            profile,
-            suite,
-            pairing: pairing_code.is_some(),
-        });
+        // spec §4.8: an IK/KK responder has seen only message 1, which an attacker can replay;
+        // the session is established once the device's first transport frame authenticates.
+        if setup.confirmed() {
+            events.push(setup.established_event());
+        }
         Ok((setup, finished, events))
     }
 
@@ -960,7 +974,8 @@ impl Handshake {
         self.fail(HandshakeError::Timeout)
     }
 
-    /// The time allowed for the whole handshake (default 10 s).
+    /// The time allowed for the whole handshake (default 5 s for a responder, key confirmation
+    /// included, and 10 s for an initiator).
     pub fn with_timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = ms;
         self
