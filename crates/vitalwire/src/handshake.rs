@@ -99,6 +99,7 @@ pub struct InitiatorConfig {
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
     fixed_pairing_nonce: Option<[u8; PAIRING_NONCE_LEN]>,
+    raw_identity: Option<Vec<u8>>,
     x25519: x25519::Backend,
     cipher: cipher::Backend,
 }
@@ -131,6 +132,7 @@ impl InitiatorConfig {
             entropy: None,
             fixed_ephemeral: None,
             fixed_pairing_nonce: None,
+            raw_identity: None,
             x25519: x25519::Backend::default(),
             cipher: cipher::Backend::default(),
         }
@@ -196,6 +198,14 @@ impl InitiatorConfig {
     #[doc(hidden)]
     pub fn fixed_ephemeral_for_testing_only(mut self, key: PrivateKey) -> Self {
         self.fixed_ephemeral = Some(key);
+        self
+    }
+
+    /// Sends `payload` as the identity payload instead of encoding the identity: to test how a
+    /// host meets an authenticated identity that breaks the rules of spec §4.5.1.
+    #[doc(hidden)]
+    pub fn raw_identity_for_testing_only(mut self, payload: Vec<u8>) -> Self {
+        self.raw_identity = Some(payload);
         self
     }
 
@@ -446,8 +456,11 @@ impl Handshake {
     }
 
     /// Starts the host's side; it waits for a HELLO.
-    pub fn responder(config: ResponderConfig) -> Result<Self, Error> {
+    pub fn responder(mut config: ResponderConfig) -> Result<Self, Error> {
         config.params.validate().map_err(|_| Error::Config("session parameters out of range"))?;
+        // spec §4.5.2: announce no more than 255 pieces of the host's own frames can carry.
+        config.params.max_message_len =
+            config.params.max_message_len.min(config.params.max_reachable_message_len());
         Ok(Self::with_side(Side::Responder(config), None, None))
     }
 
@@ -589,10 +602,13 @@ impl Handshake {
             return self.write_hello(profile);
         }
         let payload = match &self.side {
-            Side::Initiator(c) if self.index == Self::identity_index(profile) => {
-                let nonce = self.pairing.as_ref().and_then(|p| p.nonce);
-                c.identity.encode_with_pairing_nonce(nonce.as_ref())?
-            }
+            Side::Initiator(c) if self.index == Self::identity_index(profile) => match &c.raw_identity {
+                Some(raw) => raw.clone(),
+                None => {
+                    let nonce = self.pairing.as_ref().and_then(|p| p.nonce);
+                    c.identity.encode_with_pairing_nonce(nonce.as_ref())?
+                }
+            },
             Side::Initiator(_) => Vec::new(),
             Side::Responder(c) => c.params.encode()?,
         };
@@ -634,7 +650,10 @@ impl Handshake {
         }
         if Self::identity_index(profile) == 0 {
             // IK, KK: message 1 is the device's last message and carries its identity.
-            payload = c.identity.encode()?;
+            payload = match &c.raw_identity {
+                Some(raw) => raw.clone(),
+                None => c.identity.encode()?,
+            };
         }
         let mut frame = hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
         let prologue = hello::prologue(&frame);
@@ -675,6 +694,10 @@ impl Handshake {
         };
         let result = match (parsed, self.noise.is_some()) {
             (HandshakeFrame::Hello(h), false) => self.read_hello(h),
+            (_, false) if self.role() == Role::Responder => {
+                // spec §4.1: a first frame that is not a HELLO is a malformed HELLO.
+                Err(self.reject(RejectReason::Malformed, HandshakeError::UnexpectedMessage))
+            }
             (HandshakeFrame::Message(m), true) => self.read_noise(m),
             (HandshakeFrame::Reject { reason, .. }, true)
                 if self.role() == Role::Initiator && self.index == 1 =>
@@ -822,7 +845,15 @@ impl Handshake {
 
     /// The initiator's identity at the responder, then the admission decision.
     fn read_identity(&mut self, payload: &[u8]) -> Result<(), Error> {
-        let (identity, nonce) = DeviceIdentity::decode_with_pairing_nonce(payload)?;
+        let (identity, nonce) = match DeviceIdentity::decode_with_pairing_nonce(payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                // spec §4.5.1: the device's own (authenticated) payload breaks the rules; tell it
+                // so, as for a refusal (REJECT in IK/KK, an encrypted CLOSE in XX/XXpsk3).
+                self.pending = Some(self.refusal(RejectReason::Malformed, CloseCode::PROTOCOL_ERROR)?);
+                return Err(e.into());
+            }
+        };
         self.events.device_id = Some(identity.device_id.clone());
         match (self.pairing.as_mut(), nonce) {
             (Some(p), Some(nonce)) => {
@@ -844,15 +875,20 @@ impl Handshake {
             (TrustDecision::Revoked, _) => HandshakeError::RevokedPeer,
             (TrustDecision::Unknown, false) => HandshakeError::UnknownPeer,
         };
+        self.pending = Some(self.refusal(RejectReason::UnknownCredential, CloseCode::UNAUTHORIZED)?);
+        Err(refusal.into())
+    }
+
+    /// What a responder that refuses the device's identity sends (spec §12.2).
+    fn refusal(&mut self, reason: RejectReason, code: CloseCode) -> Result<Vec<u8>, Error> {
         if self.noise.as_ref().is_some_and(|n| n.is_handshake_finished()) {
             // XX, XXpsk3: the device holds the session keys; tell it why, authenticated.
-            self.pending = Some(self.sealed_close(CloseCode::UNAUTHORIZED)?);
+            self.sealed_close(code)
         } else {
             // IK, KK: no message 2. The REJECT is as informative as silence to an attacker who
-            // holds a device key, and tells an honest but unregistered device what is wrong.
-            self.pending = Some(hello::reject(PROTOCOL_VERSION, RejectReason::UnknownCredential).to_vec());
+            // holds a device key, and tells an honest device what is wrong.
+            Ok(hello::reject(PROTOCOL_VERSION, reason).to_vec())
         }
-        Err(refusal.into())
     }
 
     /// A CLOSE sealed with this side's first transport key (the first transport frame).

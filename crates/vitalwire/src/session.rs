@@ -197,6 +197,10 @@ pub struct Session {
     /// The last reassembled message, until it is handed out.
     completed: Option<Vec<u8>>,
     next_message_id: u16,
+    /// The `message_id` the peer's next fragmented message must carry (spec §5.4).
+    rx_message_id: u16,
+    /// The fragmented message being received: its count and the next index expected.
+    rx_fragment: Option<(u8, u8)>,
 }
 
 impl core::fmt::Debug for Session {
@@ -235,6 +239,8 @@ impl Session {
             reassembly: None,
             completed: None,
             next_message_id: 0,
+            rx_message_id: 0,
+            rx_fragment: None,
         }
     }
 
@@ -694,10 +700,31 @@ impl Session {
             max_in_flight: 1,
             timeout_ms: u64::MAX / 2,
         };
+        // spec §5.4: on a stream the pieces come in order, numbered by message, at least two.
+        let expected = match self.rx_fragment {
+            Some((count, next)) => (next, Some(count)),
+            None => (0, None),
+        };
+        let in_order = fragment::FragmentHeader::decode(piece).is_some_and(|(h, _)| {
+            h.message_id == self.rx_message_id
+                && h.count >= 2
+                && h.index == expected.0
+                && expected.1.is_none_or(|count| count == h.count)
+        });
+        if !in_order {
+            self.events.push(EventKind::FragmentDropped);
+            return Err(self.fail(ProtocolError::BadFragment.into()));
+        }
         let r = self.reassembly.get_or_insert_with(|| Reassembler::new(limits));
         match r.push(piece, Timestamp(0)) {
-            Reassembled::Pending => Ok(Opened::Fragment),
+            Reassembled::Pending => {
+                let count = piece[3];
+                self.rx_fragment = Some((count, expected.0 + 1));
+                Ok(Opened::Fragment)
+            }
             Reassembled::Complete(message) => {
+                self.rx_fragment = None;
+                self.rx_message_id = self.rx_message_id.wrapping_add(1);
                 self.completed = Some(message);
                 Ok(Opened::Message { channel })
             }
