@@ -420,9 +420,12 @@ mod tests {
 
     #[test]
     fn params_round_trip_and_range_checks() {
-        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000, max_message_len: 1 << 20 };
+        // The example of spec §4.5.2.
+        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000, max_message_len: 64 << 10 };
         let bytes = p.encode().unwrap();
-        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8\x03\x04\x00\x10\x00\x00");
+        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8\x03\x04\x00\x01\x00\x00");
+        assert_eq!(p.max_reachable_message_len(), 255 * 1001);
+        assert_eq!(SessionParams { max_frame_len: 4096, ..p }.max_reachable_message_len(), 1_038_615);
         // Without the optional message limit: no fragmented messages.
         assert_eq!(SessionParams::decode(&bytes[..12]).unwrap().max_message_len, 0);
         assert_eq!(SessionParams::decode(&bytes), Ok(p));

@@ -179,3 +179,31 @@ fn an_unknown_kind_at_the_rekey_boundary_is_fatal() {
         ]
     );
 }
+
+/// §5.4, the example: peer max_frame_len 64 gives pieces of 41 bytes; a 100-byte message is
+/// three frames `0000 00 03`, `0000 01 03`, `0000 02 03` of 41, 41 and 18 bytes.
+#[test]
+fn the_fragmentation_example_of_the_spec() {
+    let k = keys();
+    let small = DeviceIdentity { max_frame_len: 64, ..identity() };
+    let i = InitiatorConfig::new(Profile::Ik, k.device.clone(), small).host_key(*k.host.public());
+    let r = responder_config(&k, SessionParams::default());
+    let (i, r) = run_handshake(Handshake::initiator(i).unwrap(), Handshake::responder(r).unwrap()).unwrap();
+    let (mut dev, mut host) = (i.into_session().unwrap(), r.into_session().unwrap());
+    let message: Vec<u8> = (0..100).collect();
+    let mut wire = BytesMut::new();
+    host.seal_message(4, &message, &mut wire).unwrap();
+    let mut dec = StreamDecoder::new(dev.max_frame_len());
+    let mut seen = Vec::new();
+    while let Some(mut frame) = dec.decode(&mut wire).unwrap() {
+        let len = frame.len();
+        let got = dev.open_in_place(&mut frame).map(|m| format!("{m:?}")).unwrap();
+        seen.push((len, frame[..7].to_vec(), got));
+    }
+    assert_eq!(seen.len(), 3);
+    for (n, (len, head, _)) in seen.iter().enumerate() {
+        assert_eq!(head, &[0x01, 0x01, 0x04, 0x00, 0x00, n as u8, 0x03], "piece {n}");
+        assert_eq!(*len, 3 + 4 + [41, 41, 18][n] + 16, "piece {n}");
+    }
+    assert!(seen[2].2.contains("Data"), "{:?}", seen[2].2);
+}
