@@ -207,3 +207,62 @@ fn the_fragmentation_example_of_the_spec() {
     }
     assert!(seen[2].2.contains("Data"), "{:?}", seen[2].2);
 }
+
+/// §4.8 in datagram mode: a replayed IK HELLO gets its RESPONSE but counts as a handshake in
+/// progress, is not reported, and is dropped at the handshake deadline; the genuine device's
+/// first packet confirms its session.
+#[test]
+fn a_replayed_datagram_hello_is_dropped_at_the_handshake_deadline() {
+    use vitalwire::datagram::*;
+    let k = keys();
+    let trust = trust(&k);
+    let host_keys = k.host.clone();
+    let mut host: DatagramHost<u8> = DatagramHost::new(
+        Box::new(move || ResponderConfig::new(host_keys.clone(), trust.clone())),
+        DatagramConfig::default(),
+        HostLimits::default(),
+        Box::new(OsEntropy),
+    );
+    let t0 = Timestamp(1_000);
+    let ic = initiator_config(Profile::Ik, CipherSuite::default(), &k);
+    let mut dev = DatagramHandshake::initiator(ic, 7, DatagramConfig::default(), t0).unwrap();
+    let hello = dev.poll_transmit().unwrap();
+    // The replay: the attacker (address 2) sends the recorded HELLO before the device does.
+    host.handle_packet(2, BytesMut::from(&hello[..]), t0).unwrap();
+    assert!(host.poll_transmit().is_some(), "answered with a RESPONSE");
+    assert_eq!((host.session_count(), host.half_open_count()), (0, 1));
+    let events: Vec<_> = core::iter::from_fn(|| host.poll_event()).collect();
+    assert!(!events.iter().any(|e| matches!(e.kind, EventKind::SessionEstablished { .. })), "{events:?}");
+    let deadline = Timestamp(t0.0 + DatagramConfig::default().handshake_timeout_ms);
+    assert!(host.poll_timeout().is_some_and(|t| t <= deadline));
+    host.handle_timeout(Timestamp(deadline.0 - 1));
+    assert_eq!(host.half_open_count(), 1);
+    host.handle_timeout(deadline);
+    assert_eq!((host.session_count(), host.half_open_count()), (0, 0), "no slot held past the deadline");
+    let events: Vec<_> = core::iter::from_fn(|| host.poll_event()).collect();
+    assert!(!events.iter().any(|e| matches!(e.kind, EventKind::SessionEstablished { .. })));
+    assert!(
+        events.iter().any(|e| e.kind
+            == EventKind::HandshakeFailed { reason: Error::Handshake(HandshakeError::NotConfirmed) }),
+        "{events:?}"
+    );
+
+    // The genuine device, later: its first DATA confirms the session.
+    let t1 = Timestamp(deadline.0 + 10);
+    let ic = initiator_config(Profile::Ik, CipherSuite::default(), &k);
+    let mut dev = DatagramHandshake::initiator(ic, 8, DatagramConfig::default(), t1).unwrap();
+    let stale: Vec<_> = core::iter::from_fn(|| host.poll_transmit()).collect();
+    assert!(stale.iter().all(|(to, _)| *to == 2), "only packets to the attacker: {stale:?}");
+    host.handle_packet(1, BytesMut::from(&dev.poll_transmit().unwrap()[..]), t1).unwrap();
+    let (to, response) = host.poll_transmit().unwrap();
+    assert_eq!(to, 1);
+    dev.handle_packet(&response, t1).unwrap();
+    let mut session = dev.into_session(t1).unwrap();
+    assert_eq!(host.session_count(), 0, "not before its first packet");
+    let mut packet = BytesMut::new();
+    session.seal_data(1, b"HR=72", t1, &mut packet).unwrap();
+    host.handle_packet(1, packet, t1).unwrap();
+    assert_eq!((host.session_count(), host.half_open_count()), (1, 0));
+    let events: Vec<_> = core::iter::from_fn(|| host.poll_event()).collect();
+    assert_eq!(events.iter().filter(|e| matches!(e.kind, EventKind::SessionEstablished { .. })).count(), 1);
+}
