@@ -412,6 +412,8 @@ where
         return;
     }
     let Ok(mut session) = hs.into_session() else { return };
+    // The device's first frame may already be as large as the session allows.
+    framed.codec_mut().set_max_frame_len(session.max_frame_len());
     let mut out = BytesMut::new();
     // IK/KK: a replayed HELLO gets this far. The session counts, and is reported, only once
     // the device's first frame authenticates; until then it holds the half-open slot.
@@ -448,7 +450,6 @@ where
     }
     let _open = Gauge::up(&shared.counters.sessions);
     shared.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
-    framed.codec_mut().set_max_frame_len(session.max_frame_len());
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let device_id = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let peer = session.remote_static().fingerprint();

@@ -72,6 +72,8 @@ async fn genuine_session(addr: SocketAddr, profile: Profile) -> Vec<u8> {
     let body = StreamDecoder::new(1024).decode(&mut answer).unwrap().unwrap();
     hs.read_message(&body).unwrap();
     let mut session = hs.into_session().unwrap();
+    // The confirming first frame is larger than any handshake frame (1024 bytes).
+    session.seal_data(2, &[0x5a; 3000], &mut out).unwrap();
     session.seal_data(1, b"HR=72", &mut out).unwrap();
     session.close(CloseCode::NORMAL, &mut out).unwrap();
     stream.write_all(&out).await.unwrap();
@@ -85,6 +87,8 @@ async fn a_replayed_hello_is_never_a_session_and_the_device_still_connects() {
     for profile in [Profile::Ik, Profile::Kk] {
         let (host, addr, mut telemetry, mut events) = start_host().await;
         let hello = genuine_session(addr, profile).await;
+        let item = timeout(Duration::from_secs(10), telemetry.recv()).await.unwrap().unwrap();
+        assert_eq!((item.device_id.as_str(), item.payload.len()), ("PM-7", 3000), "{profile}");
         let item = timeout(Duration::from_secs(10), telemetry.recv()).await.unwrap().unwrap();
         assert_eq!((item.device_id.as_str(), &item.payload[..]), ("PM-7", &b"HR=72"[..]));
         // Wait until the genuine session has ended on the host.
