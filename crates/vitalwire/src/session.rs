@@ -199,8 +199,8 @@ pub struct Session {
     next_message_id: u16,
     /// The `message_id` the peer's next fragmented message must carry (spec §5.4).
     rx_message_id: u16,
-    /// The fragmented message being received: its count and the next index expected.
-    rx_fragment: Option<(u8, u8)>,
+    /// The fragmented message being received: its count, the next index expected, its channel.
+    rx_fragment: Option<(u8, u8, u8)>,
 }
 
 impl core::fmt::Debug for Session {
@@ -702,14 +702,15 @@ impl Session {
         };
         // spec §5.4: on a stream the pieces come in order, numbered by message, at least two.
         let expected = match self.rx_fragment {
-            Some((count, next)) => (next, Some(count)),
+            Some((count, next, channel)) => (next, Some((count, channel))),
             None => (0, None),
         };
-        let in_order = fragment::FragmentHeader::decode(piece).is_some_and(|(h, _)| {
+        let in_order = fragment::FragmentHeader::decode(piece).is_some_and(|(h, bytes)| {
             h.message_id == self.rx_message_id
                 && h.count >= 2
+                && !bytes.is_empty()
                 && h.index == expected.0
-                && expected.1.is_none_or(|count| count == h.count)
+                && expected.1.is_none_or(|(count, ch)| count == h.count && ch == channel)
         });
         if !in_order {
             self.events.push(EventKind::FragmentDropped);
@@ -719,7 +720,7 @@ impl Session {
         match r.push(piece, Timestamp(0)) {
             Reassembled::Pending => {
                 let count = piece[3];
-                self.rx_fragment = Some((count, expected.0 + 1));
+                self.rx_fragment = Some((count, expected.0 + 1, channel));
                 Ok(Opened::Fragment)
             }
             Reassembled::Complete(message) => {

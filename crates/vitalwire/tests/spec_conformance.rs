@@ -130,6 +130,14 @@ fn stream_fragments_follow_the_numbering_rules() {
     assert_eq!(feed(&[piece(0, 0, 3, &a), piece(0, 1, 2, &a)])[1], BAD);
     // A piece longer than the first (pieces but the last share one length).
     assert_eq!(feed(&[piece(0, 0, 3, &a[..50]), piece(0, 1, 3, &a)])[1], BAD);
+    // An empty piece.
+    assert_eq!(feed(&[piece(0, 0, 2, &a), piece(0, 1, 2, &[])])[1], BAD);
+    // A piece on another channel than the first.
+    let (mut dev, mut host) = fragmented_pair(1024);
+    let mut wire = BytesMut::new();
+    dev.seal_raw_for_testing_only(0x01, FLAG_FRAGMENT, 4, &piece(0, 0, 2, &a), &mut wire).unwrap();
+    dev.seal_raw_for_testing_only(0x01, FLAG_FRAGMENT, 5, &piece(0, 1, 2, &a), &mut wire).unwrap();
+    assert_eq!(open_all(&mut host, &mut wire)[1], BAD);
 }
 
 /// §4.5.2 and §5.4: a host announces no more than 255 pieces of its frames carry, and a sender
