@@ -250,7 +250,10 @@ impl Session {
     }
 
     /// When to call [`Session::handle_timeout`] next (after the first call, which starts the
-    /// clocks).
+    /// clocks). An IK/KK initiator that has sent nothing yet is due at once: its
+    /// [`Session::handle_timeout`] queues the key-confirming PING of spec §4.8, which
+    /// [`Session::poll_transmit`] writes. At an unconfirmed IK/KK responder the handshake
+    /// deadline is included.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
             State::Open if self.owes_confirmation && self.stats.frames_sent == 0 => {
