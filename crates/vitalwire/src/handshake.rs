@@ -12,6 +12,10 @@
 //!                                                      refusal answers an encrypted CLOSE
 //! ```
 //!
+//! In IK and KK the host has seen only message 1, which can be replayed: its session is
+//! *unconfirmed* until the device's first transport frame authenticates, and only then
+//! reported as established (key confirmation, spec §4.8; [`Session::is_confirmed`]).
+//!
 //! A [`Handshake`] is driven sans-IO: [`Handshake::write_message`] appends the next frame to an
 //! output buffer when [`Handshake::wants_write`], [`Handshake::read_message`] takes one frame
 //! body split out by a [`crate::StreamDecoder`], and [`Handshake::into_session`] consumes the

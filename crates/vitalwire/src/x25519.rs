@@ -10,7 +10,7 @@
 //! Both reject a Diffie-Hellman result of all zeros, which only a low-order public key can
 //! produce (RFC 7748 §6.1): the handshake then fails as an authentication failure.
 //!
-//! snow asks this module for its `Dh` objects ([`crate::noise`]). The local static key's
+//! snow asks this module for its `Dh` objects (`crate::noise`). The local static key's
 //! public half is known in advance ([`Keypair`]), so setting it costs nothing: snow's own
 //! implementation would recompute it (one scalar multiplication per handshake and side).
 //!
