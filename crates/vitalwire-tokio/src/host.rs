@@ -353,6 +353,42 @@ async fn on_frame(
     }
 }
 
+/// Key confirmation (spec §4.8). IK/KK: a replayed HELLO gets as far as a finished handshake,
+/// so the session counts, and is reported, only once the device's first frame authenticates
+/// (before `deadline`, the handshake's); until then the caller keeps its half-open slot.
+/// Returns that first frame, opened (`None` when the handshake itself confirmed the session:
+/// XX), or `Err` when the connection must end (its events recorded).
+async fn confirm<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    framed: &mut Framed<S, FrameCodec>,
+    session: &mut vitalwire::Session,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Result<Incoming, Error>>, ()> {
+    // The device's first frame may already be as large as the session allows.
+    framed.codec_mut().set_max_frame_len(session.max_frame_len());
+    if session.is_confirmed() {
+        return Ok(None);
+    }
+    let first = match tokio::time::timeout_at(deadline, framed.next()).await {
+        Ok(Some(Ok(frame))) => session.open(frame),
+        Ok(Some(Err(LinkError::Protocol(Error::Decode(e))))) => Err(session.handle_decode_error(e)),
+        Ok(Some(Err(_))) | Ok(None) => Err(session.handle_eof().err().unwrap_or(Error::Truncated)),
+        Err(_) => {
+            // The deadline has passed: the session fails as unconfirmed (NotConfirmed).
+            let _ = session.handle_timeout(Timestamp(u64::MAX));
+            Err(Error::Handshake(HandshakeError::NotConfirmed))
+        }
+    };
+    if session.is_confirmed() {
+        return Ok(Some(first));
+    }
+    while let Some(e) = session.poll_event(now_ts()) {
+        shared.event(e);
+    }
+    shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    Err(())
+}
+
 /// Hands an opened frame to the application; returns whether the connection is done.
 async fn deliver(
     shared: &Shared,
@@ -412,35 +448,10 @@ where
         return;
     }
     let Ok(mut session) = hs.into_session() else { return };
-    // The device's first frame may already be as large as the session allows.
-    framed.codec_mut().set_max_frame_len(session.max_frame_len());
-    let mut out = BytesMut::new();
-    // IK/KK: a replayed HELLO gets this far. The session counts, and is reported, only once
-    // the device's first frame authenticates; until then it holds the half-open slot.
-    let first = if session.is_confirmed() {
-        None
-    } else {
-        let first = match tokio::time::timeout_at(deadline, framed.next()).await {
-            Ok(Some(Ok(frame))) => session.open(frame),
-            Ok(Some(Err(LinkError::Protocol(Error::Decode(e))))) => Err(session.handle_decode_error(e)),
-            Ok(Some(Err(_))) | Ok(None) => Err(session.handle_eof().err().unwrap_or(Error::Truncated)),
-            Err(_) => {
-                // The deadline has passed: the session fails as unconfirmed.
-                let _ = session.handle_timeout(vitalwire::Timestamp(u64::MAX));
-                Err(Error::Handshake(HandshakeError::NotConfirmed))
-            }
-        };
-        if !session.is_confirmed() {
-            while let Some(e) = session.poll_event(now_ts()) {
-                shared.event(e);
-            }
-            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Some(first)
-    };
+    let Ok(first) = confirm(&shared, &mut framed, &mut session, deadline).await else { return };
     drop(half_open);
     drop(permit);
+    let mut out = BytesMut::new();
     if shared.counters.sessions.load(Ordering::Relaxed) >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         shared.host_event(EventKind::LimitExceeded { limit: Limit::Sessions });
