@@ -27,9 +27,29 @@ fn handshakes(c: &mut Criterion) {
                 vitalwire_handshake(profile, CipherSuite::ChaChaPolyBlake2s, trust.clone(), Backend::Portable)
             })
         });
+        if profile != Profile::Xx {
+            // The first handshake between two keys: no cached static-static result.
+            g.bench_function(BenchmarkId::new("vitalwire_cold_cache", pattern), |b| {
+                b.iter(|| {
+                    vitalwire_handshake_cold(
+                        profile,
+                        CipherSuite::ChaChaPolyBlake2s,
+                        trust.clone(),
+                        Backend::default(),
+                    )
+                })
+            });
+        }
         g.bench_function(BenchmarkId::new("snow", pattern), |b| {
             b.iter(|| {
                 let (i, r) = snow_states(pattern, false);
+                snow_handshake(i, r)
+            })
+        });
+        // snow on vitalwire's default X25519 (aws-lc): the same primitive on both sides.
+        g.bench_function(BenchmarkId::new("snow_aws_lc_x25519", pattern), |b| {
+            b.iter(|| {
+                let (i, r) = snow_states_on(pattern, SnowBackend::AwsLcX25519);
                 snow_handshake(i, r)
             })
         });

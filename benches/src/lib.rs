@@ -64,6 +64,20 @@ pub fn vitalwire_handshake(
     run_handshake(i, r)
 }
 
+/// Like [`vitalwire_handshake`], but as the first handshake between the two keys: both sides'
+/// cached static-static results ([`vitalwire::x25519`]) are dropped first, so IK and KK pay
+/// their `ss` Diffie-Hellman (XX has none).
+pub fn vitalwire_handshake_cold(
+    profile: Profile,
+    suite: CipherSuite,
+    trust: Arc<TrustStore>,
+    x25519: x25519::Backend,
+) -> (Session, Session, usize) {
+    host_keys().clear_static_static_cache_for_testing_only();
+    device_keys().clear_static_static_cache_for_testing_only();
+    vitalwire_handshake(profile, suite, trust, x25519)
+}
+
 /// Moves the handshake messages between `i` and `r` until both finish; returns the sessions
 /// and the bytes on the wire.
 pub fn run_handshake(mut i: Handshake, mut r: Handshake) -> (Session, Session, usize) {
@@ -237,21 +251,111 @@ impl PortableFloor {
     }
 }
 
+/// snow's `Dh` on aws-lc's X25519, the implementation vitalwire uses by default, so that a
+/// handshake comparison runs on the same X25519. Like snow's own, it derives the public key
+/// whenever a private key is set (snow's API gives it no way to reuse one).
+#[derive(Default)]
+struct AwsLcX25519 {
+    private: [u8; 32],
+    public: [u8; 32],
+}
+
+impl snow::types::Dh for AwsLcX25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+    fn pub_len(&self) -> usize {
+        32
+    }
+    fn priv_len(&self) -> usize {
+        32
+    }
+    fn set(&mut self, privkey: &[u8]) {
+        use aws_lc_rs::agreement::{PrivateKey, X25519};
+        self.private.copy_from_slice(&privkey[..32]);
+        let key = PrivateKey::from_private_key(&X25519, &self.private).expect("32 bytes");
+        self.public.copy_from_slice(key.compute_public_key().expect("public key").as_ref());
+    }
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        let mut private = [0u8; 32];
+        rng.try_fill_bytes(&mut private)?;
+        self.set(&private);
+        Ok(())
+    }
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+    fn privkey(&self) -> &[u8] {
+        &self.private
+    }
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
+        let key = PrivateKey::from_private_key(&X25519, &self.private).map_err(|_| snow::Error::Dh)?;
+        // snow may hand over a longer buffer; the key is its first 32 bytes.
+        let public = pubkey.get(..32).ok_or(snow::Error::Dh)?;
+        agree(&key, UnparsedPublicKey::new(&X25519, public), snow::Error::Dh, |s| {
+            out[..32].copy_from_slice(s);
+            Ok(())
+        })
+    }
+}
+
+/// Resolves only X25519, to [`AwsLcX25519`]; used in front of snow's default resolver.
+struct AwsLcDhResolver;
+
+impl snow::resolvers::CryptoResolver for AwsLcDhResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        None
+    }
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        matches!(choice, snow::params::DHChoice::Curve25519)
+            .then(|| Box::new(AwsLcX25519::default()) as Box<dyn snow::types::Dh>)
+    }
+    fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+        None
+    }
+    fn resolve_cipher(&self, _: &snow::params::CipherChoice) -> Option<Box<dyn snow::types::Cipher>> {
+        None
+    }
+}
+
+/// Which primitives snow runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnowBackend {
+    /// snow's default resolver (RustCrypto; X25519 from curve25519-dalek).
+    Default,
+    /// ring's AEADs, the rest default.
+    Ring,
+    /// aws-lc's X25519 (vitalwire's default), the rest default.
+    AwsLcX25519,
+}
+
 /// snow's handshake for `pattern`, returning both states (not finished).
 pub fn snow_states(pattern: &str, ring: bool) -> (snow::HandshakeState, snow::HandshakeState) {
+    snow_states_on(pattern, if ring { SnowBackend::Ring } else { SnowBackend::Default })
+}
+
+/// snow's handshake for `pattern` on `backend`, returning both states (not finished).
+pub fn snow_states_on(pattern: &str, backend: SnowBackend) -> (snow::HandshakeState, snow::HandshakeState) {
     let name = format!("Noise_{pattern}_25519_ChaChaPoly_BLAKE2s");
     let builder = |_: ()| -> snow::Builder<'static> {
-        if ring {
-            snow::Builder::with_resolver(
-                name.parse().unwrap(),
-                Box::new(snow::resolvers::FallbackResolver::new(
-                    Box::new(snow::resolvers::RingResolver),
+        let preferred: Box<dyn snow::resolvers::CryptoResolver + Send> = match backend {
+            SnowBackend::Default => {
+                return snow::Builder::with_resolver(
+                    name.parse().unwrap(),
                     Box::new(snow::resolvers::DefaultResolver),
-                )),
-            )
-        } else {
-            snow::Builder::with_resolver(name.parse().unwrap(), Box::new(snow::resolvers::DefaultResolver))
-        }
+                )
+            }
+            SnowBackend::Ring => Box::new(snow::resolvers::RingResolver),
+            SnowBackend::AwsLcX25519 => Box::new(AwsLcDhResolver),
+        };
+        snow::Builder::with_resolver(
+            name.parse().unwrap(),
+            Box::new(snow::resolvers::FallbackResolver::new(
+                preferred,
+                Box::new(snow::resolvers::DefaultResolver),
+            )),
+        )
     };
     static HOST: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
     static DEV: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();

@@ -102,7 +102,9 @@ fn per_frame(size: usize) -> Vec<(&'static str, f64, f64, &'static str)> {
     results.into_iter().enumerate().map(|(j, (t, r))| (jobs[j].0, t, r, name(j))).collect()
 }
 
-fn handshakes() -> Vec<(&'static str, f64, f64)> {
+type Rows = Vec<(&'static str, f64, f64)>;
+
+fn handshakes() -> (Rows, Rows) {
     let trust = trust_store();
     let setup = tls_setup();
     let t = &trust;
@@ -117,18 +119,55 @@ fn handshakes() -> Vec<(&'static str, f64, f64)> {
             .2
         }
     };
+    let cold = |profile: Profile| {
+        move || {
+            vitalwire_handshake_cold(
+                profile,
+                CipherSuite::ChaChaPolyBlake2s,
+                t.clone(),
+                x25519::Backend::default(),
+            )
+            .2
+        }
+    };
+    let snow = |pattern: &'static str| {
+        move || {
+            let (i, r) = snow_states_on(pattern, SnowBackend::AwsLcX25519);
+            snow_handshake(i, r).2
+        }
+    };
     let mut jobs: Vec<Job<'_>> = vec![
         ("rustls_tls13_mutual_full", Box::new(|| tls_handshake(&setup).2)),
         ("vitalwire_XX", Box::new(hs(Profile::Xx))),
-        ("vitalwire_IK", Box::new(hs(Profile::Ik))),
-        ("vitalwire_KK", Box::new(hs(Profile::Kk))),
+        ("vitalwire_IK (warm static-static cache)", Box::new(hs(Profile::Ik))),
+        ("vitalwire_KK (warm static-static cache)", Box::new(hs(Profile::Kk))),
+        ("vitalwire_IK (cold cache: first contact)", Box::new(cold(Profile::Ik))),
+        ("vitalwire_KK (cold cache: first contact)", Box::new(cold(Profile::Kk))),
     ];
-    let results = interleave(&mut jobs, 2, 500, &[0, 0, 0, 0]);
+    let results = interleave(&mut jobs, 2, 500, &[0; 6]);
     // Report TLS's time over vitalwire's: above 1 means vitalwire is faster.
-    jobs.iter().zip(results).map(|(j, (t, r))| (j.0, t, 1.0 / r)).collect()
+    let tls = jobs.iter().zip(results).map(|(j, (t, r))| (j.0, t, 1.0 / r)).collect();
+    // Against snow's bare handshake on the same X25519 (aws-lc): this / snow.
+    let mut jobs: Vec<Job<'_>> = vec![
+        ("snow_XX (aws-lc X25519)", Box::new(snow("XX"))),
+        ("vitalwire_XX", Box::new(hs(Profile::Xx))),
+        ("snow_IK (aws-lc X25519)", Box::new(snow("IK"))),
+        ("vitalwire_IK (warm cache)", Box::new(hs(Profile::Ik))),
+        ("vitalwire_IK (cold cache)", Box::new(cold(Profile::Ik))),
+        ("snow_KK (aws-lc X25519)", Box::new(snow("KK"))),
+        ("vitalwire_KK (warm cache)", Box::new(hs(Profile::Kk))),
+        ("vitalwire_KK (cold cache)", Box::new(cold(Profile::Kk))),
+    ];
+    let results = interleave(&mut jobs, 2, 500, &[0, 0, 2, 2, 2, 5, 5, 5]);
+    let snow = jobs.iter().zip(results).map(|(j, (t, r))| (j.0, t, r)).collect();
+    (tls, snow)
 }
 
 fn main() {
+    // `--handshakes`: only the handshake tables (a quick check).
+    if std::env::args().any(|a| a == "--handshakes") {
+        return print_handshakes();
+    }
     println!("### Interleaved ratios (median of per-round ratios; `--bin ratios`)\n");
     println!("| implementation | reference | {} |", SIZES.map(|s| format!("{s} B")).join(" | "));
     println!("|---|---|{}", "---|".repeat(SIZES.len()));
@@ -144,9 +183,19 @@ fn main() {
             println!("| {name} | {reference} | {} |", cells.join(" | "));
         }
     }
+    print_handshakes();
+}
+
+fn print_handshakes() {
+    let (tls, snow) = handshakes();
     println!("\n| handshake (both sides, in memory) | time | TLS 1.3 mutual (full) / this |");
     println!("|---|---|---|");
-    for (name, t, r) in handshakes() {
+    for (name, t, r) in tls {
+        println!("| {name} | {:.1} µs | {r:.2}x |", t / 1e3);
+    }
+    println!("\n| handshake, same X25519 (aws-lc) | time | this / snow's bare handshake |");
+    println!("|---|---|---|");
+    for (name, t, r) in snow {
         println!("| {name} | {:.1} µs | {r:.2}x |", t / 1e3);
     }
 }

@@ -45,6 +45,34 @@ def test_python_device_to_python_host() -> None:
     assert received[5] == ("PM-7", 2, b"w" * 200_000)
 
 
+def test_an_idle_ik_device_confirms_its_session_at_once() -> None:
+    # spec §4.8: the host reports (and counts) an IK session only at the device's first frame;
+    # a device with nothing to send yet confirms with a PING right after the handshake.
+    host_keys, dev_keys = vw.Keypair.generate(), vw.Keypair.generate()
+    trust = vw.TrustStore()
+    trust.add(dev_keys.public, "PM-8")
+    seen: list[str] = []
+
+    async def main() -> None:
+        async def handler(ch: aio.Channel) -> None:
+            try:
+                await asyncio.wait_for(ch.recv(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            seen.extend(e.kind for e in ch.events())
+
+        server = await aio.serve("127.0.0.1", 0, keypair=host_keys, trust=trust, handler=handler)
+        port = server.sockets[0].getsockname()[1]
+        ch = await aio.connect("127.0.0.1", port, keypair=dev_keys, device_id="PM-8", host_key=host_keys.public)
+        await asyncio.sleep(1.5)  # idle: no data
+        await ch.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert "session_established" in seen, seen
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

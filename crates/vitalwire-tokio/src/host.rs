@@ -62,7 +62,7 @@ pub struct HostConfig {
     /// Most established sessions (default 10,000): a TCP session is refused when TCP and UDP
     /// sessions together reach it; a UDP socket also holds its own sessions to it.
     pub max_sessions: usize,
-    /// Time allowed for a handshake (default 5 s).
+    /// Time allowed for a handshake, key confirmation included (default 5 s, spec §7.4).
     pub handshake_timeout: Duration,
     /// Handshakes a source address may start at once (default 20).
     pub handshake_burst: u32,
@@ -88,7 +88,7 @@ impl HostConfig {
             trust: None,
             max_half_open: 256,
             max_sessions: 10_000,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_millis(vitalwire::handshake::DEFAULT_HANDSHAKE_TIMEOUT_MS),
             handshake_burst: 20,
             handshake_rate: 10.0,
             timers: TimerConfig::default(),
@@ -417,18 +417,10 @@ async fn on_frame(
     peer: Fingerprint,
 ) -> bool {
     match frame {
-        Some(Ok(frame)) => match session.open(frame) {
-            Ok(Incoming::Data { channel, payload }) => {
-                shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                let item =
-                    Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
-                // Backpressure: wait for the application rather than drop. If the host stops
-                // while this waits, the session ends (with GOING_AWAY, in `run_connection`).
-                !shared.deliver(item).await
-            }
-            Ok(_) => false,
-            Err(e) => e.is_fatal(),
-        },
+        Some(Ok(frame)) => {
+            let opened = session.open(frame);
+            deliver(shared, opened, id, device_id, peer).await
+        }
         Some(Err(LinkError::Protocol(Error::Decode(e)))) => {
             session.handle_decode_error(e);
             true
@@ -438,6 +430,63 @@ async fn on_frame(
             let _ = session.handle_eof();
             true
         }
+    }
+}
+
+/// Key confirmation (spec §4.8). IK/KK: a replayed HELLO gets as far as a finished handshake,
+/// so the session counts, and is reported, only once the device's first frame authenticates
+/// (before `deadline`, the handshake's); until then the caller keeps its half-open slot.
+/// Returns that first frame, opened (`None` when the handshake itself confirmed the session:
+/// XX), or `Err` when the connection must end (its events recorded).
+async fn confirm<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    framed: &mut Framed<S, FrameCodec>,
+    session: &mut vitalwire::Session,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Result<Incoming, Error>>, ()> {
+    // The device's first frame may already be as large as the session allows.
+    framed.codec_mut().set_max_frame_len(session.max_frame_len());
+    if session.is_confirmed() {
+        return Ok(None);
+    }
+    let first = match tokio::time::timeout_at(deadline, framed.next()).await {
+        Ok(Some(Ok(frame))) => session.open(frame),
+        Ok(Some(Err(LinkError::Protocol(Error::Decode(e))))) => Err(session.handle_decode_error(e)),
+        Ok(Some(Err(_))) | Ok(None) => Err(session.handle_eof().err().unwrap_or(Error::Truncated)),
+        Err(_) => {
+            // The deadline has passed: the session fails as unconfirmed (NotConfirmed).
+            let _ = session.handle_timeout(Timestamp(u64::MAX));
+            Err(Error::Handshake(HandshakeError::NotConfirmed))
+        }
+    };
+    if session.is_confirmed() {
+        return Ok(Some(first));
+    }
+    while let Some(e) = session.poll_event(now_ts()) {
+        shared.event(e);
+    }
+    shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    Err(())
+}
+
+/// Hands an opened frame to the application; returns whether the connection is done.
+async fn deliver(
+    shared: &Shared,
+    opened: Result<Incoming, Error>,
+    id: u64,
+    device_id: &str,
+    peer: Fingerprint,
+) -> bool {
+    match opened {
+        Ok(Incoming::Data { channel, payload }) => {
+            shared.counters.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            let item = Telemetry { session: id, device_id: device_id.to_string(), peer, channel, payload };
+            // Backpressure: wait for the application rather than drop. If the host stops
+            // while this waits, the session ends (with GOING_AWAY, in `run_connection`).
+            !shared.deliver(item).await
+        }
+        Ok(_) => false,
+        Err(e) => e.is_fatal(),
     }
 }
 
@@ -460,7 +509,9 @@ where
     let half_open = Gauge::up(&shared.counters.half_open);
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_LEN));
     let Ok(mut hs) = Handshake::responder((shared.config.responder)()) else { return };
-    let result = match timeout(shared.config.handshake_timeout, handshake(&mut framed, &mut hs)).await {
+    // One deadline for the handshake and, in IK/KK, its key confirmation (spec §4.8).
+    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let result = match tokio::time::timeout_at(deadline, handshake(&mut framed, &mut hs)).await {
         Ok(r) => r,
         Err(_) => {
             shared.event(SecurityEvent::new(
@@ -475,13 +526,14 @@ where
     while let Some(e) = hs.poll_event(now_ts()) {
         shared.event(e);
     }
-    drop(half_open);
-    drop(permit);
     if result.is_err() {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let Ok(mut session) = hs.into_session() else { return };
+    let Ok(first) = confirm(&shared, &mut framed, &mut session, deadline).await else { return };
+    drop(half_open);
+    drop(permit);
     let mut out = BytesMut::new();
     if shared.open_sessions() >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -492,7 +544,6 @@ where
     }
     let _open = Gauge::up(&shared.counters.sessions);
     shared.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
-    framed.codec_mut().set_max_frame_len(session.max_frame_len());
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let device_id = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let peer = session.remote_static().fingerprint();
@@ -504,6 +555,16 @@ where
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Timestamp> = None;
+    if let Some(first) = first {
+        let done = deliver(&shared, first, id, &device_id, peer).await;
+        session.poll_transmit(&mut out);
+        while let Some(e) = session.poll_event(now_ts()) {
+            shared.event(e);
+        }
+        if !write_all(&shared, &mut framed, &mut out).await || done || session.is_closed() {
+            return;
+        }
+    }
     loop {
         let deadline = session.poll_timeout();
         if deadline != armed {

@@ -223,6 +223,12 @@ pub struct DatagramSession {
     unconfirmed: Option<Retransmit>,
     /// Responder: the digest of the HELLO it answered and the answer, for duplicates.
     response_cache: Option<([u8; 32], Vec<u8>)>,
+    /// Whether `session_established` was reported: at an IK/KK responder only once the
+    /// device's first packet authenticates (key confirmation, spec §4.8).
+    established: bool,
+    /// IK/KK responder: the handshake deadline, by which the device's first packet must have
+    /// authenticated, or the session fails (spec §4.8).
+    confirm_by: Option<Timestamp>,
     resend_response: bool,
     packets_sent: u64,
     packets_received: u64,
@@ -253,6 +259,8 @@ impl DatagramSession {
         let mut timers = TimerState::new(config.timers);
         timers.start(now);
         Ok(DatagramSession {
+            established: setup.confirmed(),
+            confirm_by: None,
             interval: setup.rekey_interval as u64,
             setup,
             config,
@@ -325,6 +333,12 @@ impl DatagramSession {
     /// from the responder arrived). Until then, data may be lost if FINISH was.
     pub fn is_confirmed(&self) -> bool {
         self.unconfirmed.is_none()
+    }
+    /// Whether the peer has proven it holds the keys: at an IK/KK responder, once the device's
+    /// first packet has authenticated (spec §4.8; until then the HELLO may have been a replay);
+    /// always true elsewhere.
+    pub fn is_key_confirmed(&self) -> bool {
+        self.established
     }
     /// The error that ended the session, if any.
     pub fn error(&self) -> Option<Error> {
@@ -534,6 +548,9 @@ impl DatagramSession {
         self.timers.received_at(now);
         self.unconfirmed = None;
         self.response_cache = None;
+        if !core::mem::replace(&mut self.established, true) {
+            self.events.push(self.setup.established_event());
+        }
         packet.truncate(TRANSPORT_HEADER_LEN + plain_len);
         packet.advance(TRANSPORT_HEADER_LEN);
         let header = match FrameHeader::decode([packet[0], packet[1], packet[2]]) {
@@ -585,6 +602,7 @@ impl DatagramSession {
         }
         [
             self.timers.next_deadline(),
+            self.confirm_by.filter(|_| !self.established),
             self.unconfirmed.as_ref().map(|r| r.at),
             self.rx_prev.as_ref().map(|p| p.1),
         ]
@@ -600,6 +618,13 @@ impl DatagramSession {
             return Err(e);
         }
         self.expire_previous_key(now);
+        if !self.established && self.confirm_by.is_some_and(|d| now >= d) {
+            // A replayed HELLO (or a device that never sent): never a session (spec §4.8).
+            let e = Error::Handshake(HandshakeError::NotConfirmed);
+            self.events.push(EventKind::TimerExpired { timer: Timer::Handshake });
+            self.events.push(EventKind::HandshakeFailed { reason: e });
+            return Err(self.fail(e));
+        }
         if let Some(r) = &mut self.unconfirmed {
             if now >= r.give_up {
                 return Err(self.fail(HandshakeError::Timeout.into()));
@@ -909,6 +934,7 @@ impl DatagramHandshake {
                 // IK, KK: our message 2 may be lost; answer a repeated HELLO from this cache
                 // until the device's first authenticated packet arrives.
                 s.response_cache = self.hello_digest.zip(self.last_response);
+                s.confirm_by = Some(self.deadline);
             }
             // XX: confirm to the device at once that its FINISH arrived.
             Role::Responder => s.pending_ping = true,
@@ -1178,12 +1204,16 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
         }
     }
 
-    /// Established sessions.
+    /// Established sessions (an IK/KK session counts once the device's first packet has
+    /// authenticated, spec §4.8).
     pub fn session_count(&self) -> usize {
-        self.conns.values().filter(|c| matches!(c, Conn::Established { .. })).count()
+        self.conns
+            .values()
+            .filter(|c| matches!(c, Conn::Established { session, .. } if session.is_key_confirmed()))
+            .count()
     }
 
-    /// Handshakes in progress.
+    /// Handshakes in progress (IK/KK sessions still waiting for key confirmation included).
     pub fn half_open_count(&self) -> usize {
         self.conns.len() - self.session_count()
     }

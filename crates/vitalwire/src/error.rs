@@ -137,6 +137,11 @@ pub enum HandshakeError {
     /// The handshake took longer than allowed.
     #[error("handshake timed out")]
     Timeout,
+    /// IK/KK responder: no authenticated transport frame from the device arrived within the
+    /// handshake deadline, so its HELLO may have been replayed (spec §4.8). No session was
+    /// established.
+    #[error("the device did not confirm the session keys in time (a replayed HELLO?)")]
+    NotConfirmed,
 }
 
 /// The reason code of a REJECT handshake frame (spec/PROTOCOL.md §4.4). An open set: codes a

@@ -12,6 +12,10 @@
 //!                                                      refusal answers an encrypted CLOSE
 //! ```
 //!
+//! In IK and KK the host has seen only message 1, which can be replayed: its session is
+//! *unconfirmed* until the device's first transport frame authenticates, and only then
+//! reported as established (key confirmation, spec §4.8; [`Session::is_confirmed`]).
+//!
 //! A [`Handshake`] is driven sans-IO: [`Handshake::write_message`] appends the next frame to an
 //! output buffer when [`Handshake::wants_write`], [`Handshake::read_message`] takes one frame
 //! body split out by a [`crate::StreamDecoder`], and [`Handshake::into_session`] consumes the
@@ -99,6 +103,7 @@ pub struct InitiatorConfig {
     entropy: Option<Box<dyn EntropySource>>,
     fixed_ephemeral: Option<PrivateKey>,
     fixed_pairing_nonce: Option<[u8; PAIRING_NONCE_LEN]>,
+    raw_identity: Option<Vec<u8>>,
     x25519: x25519::Backend,
     cipher: cipher::Backend,
 }
@@ -131,6 +136,7 @@ impl InitiatorConfig {
             entropy: None,
             fixed_ephemeral: None,
             fixed_pairing_nonce: None,
+            raw_identity: None,
             x25519: x25519::Backend::default(),
             cipher: cipher::Backend::default(),
         }
@@ -196,6 +202,14 @@ impl InitiatorConfig {
     #[doc(hidden)]
     pub fn fixed_ephemeral_for_testing_only(mut self, key: PrivateKey) -> Self {
         self.fixed_ephemeral = Some(key);
+        self
+    }
+
+    /// Sends `payload` as the identity payload instead of encoding the identity: to test how a
+    /// host meets an authenticated identity that breaks the rules of spec §4.5.1.
+    #[doc(hidden)]
+    pub fn raw_identity_for_testing_only(mut self, payload: Vec<u8>) -> Self {
+        self.raw_identity = Some(payload);
         self
     }
 
@@ -372,8 +386,12 @@ pub struct Handshake {
     timeout_ms: u64,
 }
 
-/// Default time allowed for a handshake.
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default time a responder allows for a stream handshake, key confirmation included
+/// (spec §7.4).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Default time an initiator allows for a stream handshake (spec §7.4): longer than the
+/// responder's, so that the responder's verdict arrives before the initiator gives up.
+pub const DEFAULT_INITIATOR_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 impl core::fmt::Debug for Handshake {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -390,6 +408,10 @@ impl core::fmt::Debug for Handshake {
 
 impl Handshake {
     fn with_side(side: Side, profile: Option<Profile>, suite: Option<CipherSuite>) -> Self {
+        let side_role = match side {
+            Side::Initiator(_) => Role::Initiator,
+            Side::Responder(_) => Role::Responder,
+        };
         Handshake {
             side,
             profile,
@@ -404,7 +426,10 @@ impl Handshake {
             h2: None,
             events: EventQueue::default(),
             deadline: None,
-            timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            timeout_ms: match side_role {
+                Role::Initiator => DEFAULT_INITIATOR_HANDSHAKE_TIMEOUT_MS,
+                Role::Responder => DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            },
         }
     }
 
@@ -435,8 +460,11 @@ impl Handshake {
     }
 
     /// Starts the host's side; it waits for a HELLO.
-    pub fn responder(config: ResponderConfig) -> Result<Self, Error> {
+    pub fn responder(mut config: ResponderConfig) -> Result<Self, Error> {
         config.params.validate().map_err(|_| Error::Config("session parameters out of range"))?;
+        // spec §4.5.2: announce no more than 255 pieces of the host's own frames can carry.
+        config.params.max_message_len =
+            config.params.max_message_len.min(config.params.max_reachable_message_len());
         Ok(Self::with_side(Side::Responder(config), None, None))
     }
 
@@ -578,10 +606,13 @@ impl Handshake {
             return self.write_hello(profile);
         }
         let payload = match &self.side {
-            Side::Initiator(c) if self.index == Self::identity_index(profile) => {
-                let nonce = self.pairing.as_ref().and_then(|p| p.nonce);
-                c.identity.encode_with_pairing_nonce(nonce.as_ref())?
-            }
+            Side::Initiator(c) if self.index == Self::identity_index(profile) => match &c.raw_identity {
+                Some(raw) => raw.clone(),
+                None => {
+                    let nonce = self.pairing.as_ref().and_then(|p| p.nonce);
+                    c.identity.encode_with_pairing_nonce(nonce.as_ref())?
+                }
+            },
             Side::Initiator(_) => Vec::new(),
             Side::Responder(c) => c.params.encode()?,
         };
@@ -623,7 +654,10 @@ impl Handshake {
         }
         if Self::identity_index(profile) == 0 {
             // IK, KK: message 1 is the device's last message and carries its identity.
-            payload = c.identity.encode()?;
+            payload = match &c.raw_identity {
+                Some(raw) => raw.clone(),
+                None => c.identity.encode()?,
+            };
         }
         let mut frame = hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
         let prologue = hello::prologue(&frame);
@@ -664,6 +698,10 @@ impl Handshake {
         };
         let result = match (parsed, self.noise.is_some()) {
             (HandshakeFrame::Hello(h), false) => self.read_hello(h),
+            (_, false) if self.role() == Role::Responder => {
+                // spec §4.1: a first frame that is not a HELLO is a malformed HELLO.
+                Err(self.reject(RejectReason::Malformed, HandshakeError::UnexpectedMessage))
+            }
             (HandshakeFrame::Message(m), true) => self.read_noise(m),
             (HandshakeFrame::Reject { reason, .. }, true)
                 if self.role() == Role::Initiator && self.index == 1 =>
@@ -811,7 +849,15 @@ impl Handshake {
 
     /// The initiator's identity at the responder, then the admission decision.
     fn read_identity(&mut self, payload: &[u8]) -> Result<(), Error> {
-        let (identity, nonce) = DeviceIdentity::decode_with_pairing_nonce(payload)?;
+        let (identity, nonce) = match DeviceIdentity::decode_with_pairing_nonce(payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                // spec §4.5.1: the device's own (authenticated) payload breaks the rules; tell it
+                // so, as for a refusal (REJECT in IK/KK, an encrypted CLOSE in XX/XXpsk3).
+                self.pending = Some(self.refusal(RejectReason::Malformed, CloseCode::PROTOCOL_ERROR)?);
+                return Err(e.into());
+            }
+        };
         self.events.device_id = Some(identity.device_id.clone());
         match (self.pairing.as_mut(), nonce) {
             (Some(p), Some(nonce)) => {
@@ -833,15 +879,20 @@ impl Handshake {
             (TrustDecision::Revoked, _) => HandshakeError::RevokedPeer,
             (TrustDecision::Unknown, false) => HandshakeError::UnknownPeer,
         };
+        self.pending = Some(self.refusal(RejectReason::UnknownCredential, CloseCode::UNAUTHORIZED)?);
+        Err(refusal.into())
+    }
+
+    /// What a responder that refuses the device's identity sends (spec §12.2).
+    fn refusal(&mut self, reason: RejectReason, code: CloseCode) -> Result<Vec<u8>, Error> {
         if self.noise.as_ref().is_some_and(|n| n.is_handshake_finished()) {
             // XX, XXpsk3: the device holds the session keys; tell it why, authenticated.
-            self.pending = Some(self.sealed_close(CloseCode::UNAUTHORIZED)?);
+            self.sealed_close(code)
         } else {
             // IK, KK: no message 2. The REJECT is as informative as silence to an attacker who
-            // holds a device key, and tells an honest but unregistered device what is wrong.
-            self.pending = Some(hello::reject(PROTOCOL_VERSION, RejectReason::UnknownCredential).to_vec());
+            // holds a device key, and tells an honest device what is wrong.
+            Ok(hello::reject(PROTOCOL_VERSION, reason).to_vec())
         }
-        Err(refusal.into())
     }
 
     /// A CLOSE sealed with this side's first transport key (the first transport frame).
@@ -899,6 +950,8 @@ impl Handshake {
                     peer_identity: None,
                     params,
                     pairing_code,
+                    confirm_deadline: None,
+                    confirm_timeout_ms: 0,
                 }
             }
             Side::Responder(c) => {
@@ -913,16 +966,17 @@ impl Handshake {
                     peer_identity: Some(identity),
                     params: c.params,
                     pairing_code,
+                    confirm_deadline: self.deadline,
+                    confirm_timeout_ms: self.timeout_ms,
                 }
             }
         };
         let mut events = core::mem::take(&mut self.events);
-        events.push(EventKind::SessionEstablished {
-            role: setup.role,
-            profile,
-            suite,
-            pairing: pairing_code.is_some(),
-        });
+        // spec §4.8: an IK/KK responder has seen only message 1, which an attacker can replay;
+        // the session is established once the device's first transport frame authenticates.
+        if setup.confirmed() {
+            events.push(setup.established_event());
+        }
         Ok((setup, finished, events))
     }
 
@@ -960,7 +1014,8 @@ impl Handshake {
         self.fail(HandshakeError::Timeout)
     }
 
-    /// The time allowed for the whole handshake (default 10 s).
+    /// The time allowed for the whole handshake (default 5 s for a responder, key confirmation
+    /// included, and 10 s for an initiator).
     pub fn with_timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = ms;
         self

@@ -216,6 +216,15 @@ impl Keypair {
         &self.static_static
     }
 
+    /// Forgets the cached static-static results ([`crate::x25519`]), zeroizing them: the next
+    /// IK/KK handshake with each peer computes `DH(s, rs)` again. For benchmarks of cold
+    /// handshakes.
+    #[cfg(feature = "std")]
+    #[doc(hidden)]
+    pub fn clear_static_static_cache_for_testing_only(&self) {
+        self.static_static.clear();
+    }
+
     /// A fresh keypair from the operating system's random number generator.
     #[cfg(feature = "std")]
     pub fn generate() -> Result<Self, KeyError> {

@@ -32,6 +32,9 @@ pub const MAX_TEXT_LEN: usize = 64;
 
 /// Smallest frame-length limit a peer may announce.
 pub const MIN_FRAME_LEN: u16 = 64;
+/// Bytes a fragmented DATA frame adds around its piece: 3 header + 4 fragment header + 16 tag.
+const FRAGMENTED_FRAME_OVERHEAD: u32 = 23;
+
 /// Smallest rekey interval a host may ask for (a REKEY must fit in every key's budget).
 pub const MIN_REKEY_INTERVAL: u32 = 2;
 
@@ -80,15 +83,9 @@ impl DeviceIdentity {
         &self,
         nonce: Option<&[u8; PAIRING_NONCE_LEN]>,
     ) -> Result<Vec<u8>, DecodeError> {
-        if self.device_id.is_empty() || self.device_id.len() > MAX_TEXT_LEN {
-            return Err(DecodeError::InvalidField(TAG_DEVICE_ID));
-        }
-        if self.model.len() > MAX_TEXT_LEN {
-            return Err(DecodeError::InvalidField(TAG_MODEL));
-        }
-        if self.firmware.len() > MAX_TEXT_LEN {
-            return Err(DecodeError::InvalidField(TAG_FIRMWARE));
-        }
+        check_text(TAG_DEVICE_ID, self.device_id.as_bytes(), 1)?;
+        check_text(TAG_MODEL, self.model.as_bytes(), 0)?;
+        check_text(TAG_FIRMWARE, self.firmware.as_bytes(), 0)?;
         if self.max_frame_len < MIN_FRAME_LEN {
             return Err(DecodeError::InvalidField(TAG_MAX_FRAME));
         }
@@ -177,6 +174,13 @@ impl Default for SessionParams {
 }
 
 impl SessionParams {
+    /// The longest message 255 fragments (spec §5.4) of frames of `max_frame_len` carry:
+    /// `255 × (max_frame_len − 23)`. A host announces a `max_message_len` no larger.
+    pub fn max_reachable_message_len(&self) -> u32 {
+        let piece = (self.max_frame_len as u32).saturating_sub(FRAGMENTED_FRAME_OVERHEAD);
+        piece * crate::fragment::MAX_FRAGMENTS as u32
+    }
+
     /// Checks the ranges of spec §4.5.2.
     pub fn validate(&self) -> Result<(), DecodeError> {
         if self.max_frame_len < MIN_FRAME_LEN {
@@ -277,11 +281,22 @@ fn set_once<T>(slot: &mut Option<T>, tag: u8, value: T) -> Result<(), DecodeErro
     Ok(())
 }
 
-fn text(tag: u8, value: &[u8], min: usize) -> Result<String, DecodeError> {
+/// Whether `value` is an acceptable text field (spec §4.5.1): `min` to 64 bytes of UTF-8
+/// without control characters (U+0000-U+001F, U+007F-U+009F), so that a device id can never
+/// forge a line in a log or a terminal escape.
+fn check_text(tag: u8, value: &[u8], min: usize) -> Result<&str, DecodeError> {
     if value.len() < min || value.len() > MAX_TEXT_LEN {
         return Err(DecodeError::InvalidField(tag));
     }
-    core::str::from_utf8(value).map(String::from).map_err(|_| DecodeError::InvalidField(tag))
+    let text = core::str::from_utf8(value).map_err(|_| DecodeError::InvalidField(tag))?;
+    if text.chars().any(char::is_control) {
+        return Err(DecodeError::InvalidField(tag));
+    }
+    Ok(text)
+}
+
+fn text(tag: u8, value: &[u8], min: usize) -> Result<String, DecodeError> {
+    check_text(tag, value, min).map(String::from)
 }
 
 /// Iterates over the TLV fields after checking the two-byte prefix.
@@ -371,6 +386,23 @@ mod tests {
         assert_eq!(DeviceIdentity::decode(b"\x01\x01\x04\x02\x10\x00"), Err(DecodeError::MissingField(1)));
         assert!(DeviceIdentity::new("").encode().is_err());
         assert!(DeviceIdentity::new("x".repeat(65)).encode().is_err());
+        // Control characters (a forged log line, a terminal escape) are refused both ways.
+        for bad in ["PM\n1", "PM\u{1b}[2J", "\u{7f}", "PM\u{85}"] {
+            assert_eq!(DeviceIdentity::new(bad).encode(), Err(DecodeError::InvalidField(0x01)), "{bad:?}");
+            let mut bytes = vec![1, 1, 1, bad.len() as u8];
+            bytes.extend_from_slice(bad.as_bytes());
+            bytes.extend_from_slice(&[4, 2, 0x10, 0]);
+            assert_eq!(DeviceIdentity::decode(&bytes), Err(DecodeError::InvalidField(0x01)), "{bad:?}");
+        }
+        let firmware = DeviceIdentity { firmware: "1.0\r".into(), ..identity() };
+        assert_eq!(firmware.encode(), Err(DecodeError::InvalidField(0x03)));
+        // Non-ASCII text is fine, up to 64 bytes.
+        let id = "Überwachung-é".to_string();
+        assert_eq!(
+            DeviceIdentity::decode(&DeviceIdentity::new(id.clone()).encode().unwrap()).unwrap().device_id,
+            id
+        );
+        assert!(DeviceIdentity::new("é".repeat(33)).encode().is_err(), "66 bytes");
     }
 
     #[test]
@@ -388,9 +420,12 @@ mod tests {
 
     #[test]
     fn params_round_trip_and_range_checks() {
-        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000, max_message_len: 1 << 20 };
+        // The example of spec §4.5.2.
+        let p = SessionParams { max_frame_len: 1024, rekey_interval: 1000, max_message_len: 64 << 10 };
         let bytes = p.encode().unwrap();
-        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8\x03\x04\x00\x10\x00\x00");
+        assert_eq!(bytes, b"\x01\x02\x01\x02\x04\x00\x02\x04\x00\x00\x03\xe8\x03\x04\x00\x01\x00\x00");
+        assert_eq!(p.max_reachable_message_len(), 255 * 1001);
+        assert_eq!(SessionParams { max_frame_len: 4096, ..p }.max_reachable_message_len(), 1_038_615);
         // Without the optional message limit: no fragmented messages.
         assert_eq!(SessionParams::decode(&bytes[..12]).unwrap().max_message_len, 0);
         assert_eq!(SessionParams::decode(&bytes), Ok(p));

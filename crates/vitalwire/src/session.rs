@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::cipher::TransportCipher;
-use crate::error::{DecodeError, Error, ProtocolError};
+use crate::error::{DecodeError, Error, HandshakeError, ProtocolError};
 use crate::events::{
     Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timer, Timestamp,
 };
@@ -126,6 +126,36 @@ pub(crate) struct SessionSetup {
     pub peer_identity: Option<DeviceIdentity>,
     pub params: SessionParams,
     pub pairing_code: Option<PairingCode>,
+    /// Responder, IK/KK: when the device's first transport frame must have arrived (key
+    /// confirmation, spec §4.8); `None` until a clock has been seen.
+    pub confirm_deadline: Option<Timestamp>,
+    /// Responder, IK/KK: the time allowed for key confirmation when no deadline was set.
+    pub confirm_timeout_ms: u64,
+}
+
+impl SessionSetup {
+    /// Whether the session is confirmed from the start: everywhere except at an IK/KK
+    /// responder, which has seen only message 1 (replayable) and waits for the device's first
+    /// authenticated transport frame (spec §4.8).
+    pub fn confirmed(&self) -> bool {
+        !(self.role == Role::Responder && self.profile.message_count() == 2)
+    }
+
+    /// Whether this side must send a transport frame at once to confirm the session to the
+    /// peer: the IK/KK initiator (spec §4.8).
+    pub fn owes_confirmation(&self) -> bool {
+        self.role == Role::Initiator && self.profile.message_count() == 2
+    }
+
+    /// The `session_established` event of this session.
+    pub fn established_event(&self) -> EventKind {
+        EventKind::SessionEstablished {
+            role: self.role,
+            profile: self.profile,
+            suite: self.suite,
+            pairing: self.pairing_code.is_some(),
+        }
+    }
 }
 
 /// Counters of a session's traffic.
@@ -158,11 +188,19 @@ pub struct Session {
     timers: TimerState,
     pending_ping: bool,
     pending_rekey: bool,
+    /// Responder, IK/KK: no transport frame from the device has authenticated yet (spec §4.8).
+    unconfirmed: bool,
+    /// Initiator, IK/KK: the confirming first frame has not been sent yet (spec §4.8).
+    owes_confirmation: bool,
     /// The fragmented message being received, if any (fragments arrive contiguously).
     reassembly: Option<Reassembler>,
     /// The last reassembled message, until it is handed out.
     completed: Option<Vec<u8>>,
     next_message_id: u16,
+    /// The `message_id` the peer's next fragmented message must carry (spec §5.4).
+    rx_message_id: u16,
+    /// The fragmented message being received: its count, the next index expected, its channel.
+    rx_fragment: Option<(u8, u8, u8)>,
 }
 
 impl core::fmt::Debug for Session {
@@ -181,6 +219,8 @@ impl core::fmt::Debug for Session {
 impl Session {
     pub(crate) fn new(setup: SessionSetup, finished: Finished, events: EventQueue) -> Self {
         Session {
+            unconfirmed: !setup.confirmed(),
+            owes_confirmation: setup.owes_confirmation(),
             setup,
             tx: finished.tx,
             rx: finished.rx,
@@ -199,6 +239,8 @@ impl Session {
             reassembly: None,
             completed: None,
             next_message_id: 0,
+            rx_message_id: 0,
+            rx_fragment: None,
         }
     }
 
@@ -208,12 +250,33 @@ impl Session {
     }
 
     /// When to call [`Session::handle_timeout`] next (after the first call, which starts the
-    /// clocks).
+    /// clocks). An IK/KK initiator that has sent nothing yet is due at once: its
+    /// [`Session::handle_timeout`] queues the key-confirming PING of spec §4.8, which
+    /// [`Session::poll_transmit`] writes. At an unconfirmed IK/KK responder the handshake
+    /// deadline is included.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
-            State::Open | State::LocalClosed | State::RemoteClosed(_) => self.timers.next_deadline(),
+            State::Open if self.owes_confirmation && self.stats.frames_sent == 0 => {
+                // Due now: the confirming PING (spec §4.8).
+                Some(Timestamp(0))
+            }
+            State::Open | State::LocalClosed | State::RemoteClosed(_) => {
+                let timers = self.timers.next_deadline();
+                match (self.unconfirmed, self.setup.confirm_deadline) {
+                    (true, Some(d)) => Some(timers.map_or(d, |t| t.min(d))),
+                    _ => timers,
+                }
+            }
             _ => None,
         }
+    }
+
+    /// Whether the peer has proven it holds this session's keys. Always true except at an
+    /// IK/KK responder until the device's first transport frame authenticates (spec §4.8):
+    /// until then the HELLO may have been a replay, and the session is neither reported
+    /// (`session_established`) nor to be counted as one.
+    pub fn is_confirmed(&self) -> bool {
+        !self.unconfirmed
     }
 
     /// Runs the timers (spec §7.4): queues a keepalive PING or a REKEY for
@@ -226,6 +289,21 @@ impl Session {
             State::Closed(_) => return Ok(()),
             _ => {}
         }
+        if self.unconfirmed {
+            let deadline = *self
+                .setup
+                .confirm_deadline
+                .get_or_insert(Timestamp(now.0.saturating_add(self.setup.confirm_timeout_ms)));
+            if now >= deadline {
+                // A replayed HELLO, or a device too slow to finish: never a session (§4.8).
+                let e = Error::Handshake(HandshakeError::NotConfirmed);
+                self.events.push(EventKind::TimerExpired { timer: Timer::Handshake });
+                self.events.push(EventKind::HandshakeFailed { reason: e });
+                return Err(self.fail(e));
+            }
+        }
+        // Until a frame has gone out, `poll_timeout` says "now" and the PING stays queued.
+        self.pending_ping |= self.owes_confirmation && self.stats.frames_sent == 0;
         let actions = self.timers.check(now);
         if actions.expired {
             return Err(self.fail(Error::SessionExpired));
@@ -425,6 +503,7 @@ impl Session {
     pub fn poll_transmit(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
         if matches!(self.state, State::Open) {
+            self.pending_ping |= self.owes_confirmation && self.stats.frames_sent == 0;
             if core::mem::take(&mut self.pending_rekey) {
                 wrote |= self.seal_rekey(out).is_ok();
             }
@@ -520,6 +599,11 @@ impl Session {
             Err(e) => return Err(self.fail(e.into())),
         };
         let payload = &body[HEADER_LEN..plain_len];
+        if core::mem::take(&mut self.unconfirmed) {
+            // Key confirmation (spec §4.8): only the holder of the device's ephemeral key can
+            // seal this frame, so the HELLO was fresh.
+            self.events.push(self.setup.established_event());
+        }
         self.stats.frames_received += 1;
         self.timers.received();
         self.rx_under_key += 1;
@@ -619,10 +703,32 @@ impl Session {
             max_in_flight: 1,
             timeout_ms: u64::MAX / 2,
         };
+        // spec §5.4: on a stream the pieces come in order, numbered by message, at least two.
+        let expected = match self.rx_fragment {
+            Some((count, next, channel)) => (next, Some((count, channel))),
+            None => (0, None),
+        };
+        let in_order = fragment::FragmentHeader::decode(piece).is_some_and(|(h, bytes)| {
+            h.message_id == self.rx_message_id
+                && h.count >= 2
+                && !bytes.is_empty()
+                && h.index == expected.0
+                && expected.1.is_none_or(|(count, ch)| count == h.count && ch == channel)
+        });
+        if !in_order {
+            self.events.push(EventKind::FragmentDropped);
+            return Err(self.fail(ProtocolError::BadFragment.into()));
+        }
         let r = self.reassembly.get_or_insert_with(|| Reassembler::new(limits));
         match r.push(piece, Timestamp(0)) {
-            Reassembled::Pending => Ok(Opened::Fragment),
+            Reassembled::Pending => {
+                let count = piece[3];
+                self.rx_fragment = Some((count, expected.0 + 1, channel));
+                Ok(Opened::Fragment)
+            }
             Reassembled::Complete(message) => {
+                self.rx_fragment = None;
+                self.rx_message_id = self.rx_message_id.wrapping_add(1);
                 self.completed = Some(message);
                 Ok(Opened::Message { channel })
             }

@@ -10,7 +10,7 @@
 //! Both reject a Diffie-Hellman result of all zeros, which only a low-order public key can
 //! produce (RFC 7748 §6.1): the handshake then fails as an authentication failure.
 //!
-//! snow asks this module for its `Dh` objects ([`crate::noise`]). The local static key's
+//! snow asks this module for its `Dh` objects (`crate::noise`). The local static key's
 //! public half is known in advance ([`Keypair`]), so setting it costs nothing: snow's own
 //! implementation would recompute it (one scalar multiplication per handshake and side).
 //!
@@ -19,9 +19,12 @@
 //! device dials; on the host, the device key a KK HELLO names from the trust store), as
 //! WireGuard precomputes it per peer: reconnecting to the same peer then costs one X25519
 //! less on each side that knows the other's key in advance. The value is as secret as the
-//! static private key (either one computes it), is zeroized when evicted or dropped, and the
-//! cache holds at most [`STATIC_STATIC_CACHE_LEN`] peers (oldest evicted); an attacker cannot
-//! add entries (a key must be configured, or trusted, first).
+//! static private key (either one computes it), lives in its own heap allocation (so a growing
+//! map never leaves copies behind), and is zeroized when evicted or dropped. The cache is an
+//! LRU of at most [`STATIC_STATIC_CACHE_LEN`] peers, one per session the default host serves
+//! (about 1.5 MB when full): the least recently used peer is evicted, so the devices that
+//! reconnect keep their entries while a gateway's fleet churns. An attacker cannot add
+//! entries (a key must be configured, or trusted, first).
 
 use zeroize::Zeroizing;
 
@@ -130,46 +133,102 @@ pub fn diffie_hellman(
     Secret::new(backend, private).0.diffie_hellman(public)
 }
 
-/// Peers whose static-static result a [`Keypair`] keeps (`std` only).
-pub const STATIC_STATIC_CACHE_LEN: usize = 16;
+/// Peers whose static-static result a [`Keypair`] keeps (`std` only): as many as the
+/// default host serves sessions (`vitalwire_tokio::HostConfig::max_sessions`).
+pub const STATIC_STATIC_CACHE_LEN: usize = 10_000;
 
-/// A remote static key and `DH(s, remote)`.
+/// `DH(s, remote)` in its own allocation: moving the map's entries never copies the secret.
 #[cfg(feature = "std")]
-type StaticStatic = ([u8; KEY_LEN], Zeroizing<[u8; KEY_LEN]>);
+type Shared = alloc::boxed::Box<Zeroizing<[u8; KEY_LEN]>>;
 
-/// The static-static results of one [`Keypair`], shared by its clones.
+/// The LRU state: each remote key's result and last use, and the keys by last use.
 #[cfg(feature = "std")]
 #[derive(Default)]
+struct Lru {
+    entries: std::collections::HashMap<[u8; KEY_LEN], (Shared, u64)>,
+    by_use: alloc::collections::BTreeMap<u64, [u8; KEY_LEN]>,
+    clock: u64,
+}
+
+/// The static-static results of one [`Keypair`], shared by its clones: an LRU of at most
+/// `capacity` peers.
+#[cfg(feature = "std")]
 pub(crate) struct StaticStaticCache {
-    entries: std::sync::Mutex<alloc::collections::VecDeque<StaticStatic>>,
+    lru: std::sync::Mutex<Lru>,
+    capacity: usize,
+}
+
+#[cfg(feature = "std")]
+impl Default for StaticStaticCache {
+    fn default() -> Self {
+        Self::with_capacity(STATIC_STATIC_CACHE_LEN)
+    }
 }
 
 #[cfg(feature = "std")]
 impl StaticStaticCache {
-    /// `DH(s, remote)`, from the cache or computed by `compute` and remembered.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        StaticStaticCache { lru: Default::default(), capacity }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `DH(s, remote)`, from the cache (marking it most recently used) or computed by
+    /// `compute` and remembered, evicting the least recently used peer when full.
     fn get_or_compute(
         &self,
         remote: &[u8; KEY_LEN],
         compute: impl FnOnce() -> Result<Zeroizing<[u8; KEY_LEN]>, LowOrderPoint>,
     ) -> Result<Zeroizing<[u8; KEY_LEN]>, LowOrderPoint> {
-        let lock = || self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, shared)) = lock().iter().find(|(k, _)| k == remote) {
-            return Ok(shared.clone());
+        if let Some(shared) = self.touch(remote) {
+            return Ok(shared);
         }
+        // Computed outside the lock: other handshakes go on meanwhile.
         let shared = compute()?;
-        let mut entries = lock();
-        if !entries.iter().any(|(k, _)| k == remote) {
-            if entries.len() == STATIC_STATIC_CACHE_LEN {
-                entries.pop_front();
+        let mut lru = self.lock();
+        if self.capacity > 0 && !lru.entries.contains_key(remote) {
+            while lru.entries.len() >= self.capacity {
+                let Some((_, oldest)) = lru.by_use.pop_first() else { break };
+                // Dropping the box zeroizes the evicted secret.
+                lru.entries.remove(&oldest);
             }
-            entries.push_back((*remote, shared.clone()));
+            lru.clock += 1;
+            let now = lru.clock;
+            lru.by_use.insert(now, *remote);
+            lru.entries.insert(*remote, (alloc::boxed::Box::new(shared.clone()), now));
         }
         Ok(shared)
     }
 
+    /// The cached result for `remote`, now the most recently used.
+    fn touch(&self, remote: &[u8; KEY_LEN]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+        let mut lru = self.lock();
+        lru.clock += 1;
+        let now = lru.clock;
+        let (shared, used) = lru.entries.get_mut(remote)?;
+        let (value, before) = (Zeroizing::new(***shared), core::mem::replace(used, now));
+        lru.by_use.remove(&before);
+        lru.by_use.insert(now, *remote);
+        Some(value)
+    }
+
+    /// Forgets every entry (zeroizing them): the next handshake with each peer is cold.
+    pub(crate) fn clear(&self) {
+        let mut lru = self.lock();
+        lru.entries.clear();
+        lru.by_use.clear();
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.lock().entries.len()
+    }
+
+    #[cfg(test)]
+    fn contains(&self, remote: &[u8; KEY_LEN]) -> bool {
+        self.lock().entries.contains_key(remote)
     }
 }
 
@@ -345,14 +404,62 @@ mod tests {
         let mut out = [0u8; 32];
         e.dh(&host, &mut out).unwrap();
         assert_eq!(out, *diffie_hellman(Backend::Portable, &[3; 32], &host).unwrap());
-        // Bounded: the oldest peer is evicted.
-        for i in 0..(STATIC_STATIC_CACHE_LEN as u8 + 4) {
-            let peer = public_key(&[100 + i; 32]);
-            let mut dh = NoiseDh::new(Backend::default(), keys.clone(), Some(peer));
-            dh.set(&[9; 32]);
-            dh.dh(&peer, &mut out).unwrap();
+        // A handshake toward a peer whose entry was dropped is simply computed again.
+        keys.static_static().clear();
+        assert_eq!(keys.static_static().len(), 0);
+        let mut dh = NoiseDh::new(Backend::default(), keys.clone(), Some(host));
+        dh.set(&[9; 32]);
+        dh.dh(&host, &mut out).unwrap();
+        assert_eq!(out, expected);
+        assert_eq!(keys.static_static().len(), 1);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn the_static_static_cache_is_a_bounded_lru() {
+        let cache = StaticStaticCache::with_capacity(3);
+        let computed = core::cell::Cell::new(0);
+        let get = |peer: u8| {
+            let r = cache
+                .get_or_compute(&[peer; 32], || {
+                    computed.set(computed.get() + 1);
+                    Ok(Zeroizing::new([peer ^ 0xff; 32]))
+                })
+                .unwrap();
+            assert_eq!(*r, [peer ^ 0xff; 32], "peer {peer}");
+        };
+        for peer in [1, 2, 3] {
+            get(peer);
         }
-        assert_eq!(keys.static_static().len(), STATIC_STATIC_CACHE_LEN);
+        assert_eq!((computed.get(), cache.len()), (3, 3));
+        // Peer 1 reconnects (a hit), then a fourth peer arrives: the least recently used (2)
+        // goes, not the oldest inserted (1, as a FIFO would).
+        get(1);
+        assert_eq!(computed.get(), 3, "a hit computes nothing");
+        get(4);
+        assert_eq!(cache.len(), 3, "bounded");
+        assert!(cache.contains(&[1; 32]) && !cache.contains(&[2; 32]));
+        assert!(cache.contains(&[3; 32]) && cache.contains(&[4; 32]));
+        get(2);
+        assert_eq!(computed.get(), 5, "an evicted peer is computed again");
+        assert!(!cache.contains(&[3; 32]), "3 was the least recently used");
+        // A failure is not remembered; a zero capacity keeps nothing.
+        assert_eq!(cache.get_or_compute(&[9; 32], || Err(LowOrderPoint)), Err(LowOrderPoint));
+        assert!(!cache.contains(&[9; 32]));
+        let none = StaticStaticCache::with_capacity(0);
+        assert_eq!(*none.get_or_compute(&[1; 32], || Ok(Zeroizing::new([7; 32]))).unwrap(), [7; 32]);
+        assert_eq!(none.len(), 0);
+        // Many peers: never above the bound, and the order index stays in step with the map.
+        let big = StaticStaticCache::with_capacity(64);
+        for i in 0..1000u32 {
+            let mut peer = [0u8; 32];
+            peer[..4].copy_from_slice(&i.to_be_bytes());
+            let _ = big.get_or_compute(&peer, || Ok(Zeroizing::new([1; 32])));
+            let _ = big.get_or_compute(&[0; 32], || Ok(Zeroizing::new([2; 32])));
+            let lru = big.lock();
+            assert!(lru.entries.len() <= 64 && lru.entries.len() == lru.by_use.len());
+        }
+        assert!(big.contains(&[0; 32]), "the peer used all along stays");
     }
 
     #[test]

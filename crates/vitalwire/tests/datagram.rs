@@ -612,7 +612,8 @@ fn host_serves_many_devices_on_one_socket_and_follows_roaming() {
     while let Some((addr, p)) = h.poll_transmit() {
         clients[addr as usize].handle_packet(BytesMut::from(&p[..]), Timestamp(0)).unwrap();
     }
-    assert_eq!(h.session_count(), 20);
+    // IK: each session counts once its device's first packet confirms it (spec §4.8).
+    assert_eq!((h.session_count(), h.half_open_count()), (0, 20));
     let mut by_peer: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
     for (i, c) in clients.iter_mut().enumerate() {
         let p = c.send_now(1, format!("hello from {i}").as_bytes(), Timestamp(1));
@@ -628,6 +629,7 @@ fn host_serves_many_devices_on_one_socket_and_follows_roaming() {
     for (i, d) in devices.iter().enumerate() {
         assert_eq!(by_peer[d.public()], vec![format!("hello from {i}")]);
     }
+    assert_eq!((h.session_count(), h.half_open_count()), (20, 0));
     let index3 = clients[3].session().unwrap().remote_index();
     h.send(index3, 9, b"to device 3", Timestamp(2)).unwrap();
     let (addr, _) = h.poll_transmit().unwrap();
@@ -668,13 +670,13 @@ fn stream_fragment_abuse_is_a_protocol_violation() {
     let piece = |id: u16, index: u8, count: u8, len: usize| {
         [&FragmentHeader { message_id: id, index, count }.encode()[..], &vec![1u8; len]].concat()
     };
-    dev.seal_raw_for_testing_only(1, 1, 1, &piece(1, 0, 3, 100), &mut wire).unwrap();
+    dev.seal_raw_for_testing_only(1, 1, 1, &piece(0, 0, 3, 100), &mut wire).unwrap();
     dev.seal_data(1, b"interleaved", &mut wire).unwrap();
     let got = open_all(&mut host, &mut wire);
     assert_eq!(got[1], Err(Error::Protocol(ProtocolError::InterleavedFragments)));
     let (mut dev, mut host) = session_pair();
-    dev.seal_raw_for_testing_only(1, 1, 1, &piece(1, 0, 3, 100), &mut wire).unwrap();
-    dev.seal_raw_for_testing_only(1, 1, 1, &piece(1, 0, 3, 99), &mut wire).unwrap();
+    dev.seal_raw_for_testing_only(1, 1, 1, &piece(0, 0, 3, 100), &mut wire).unwrap();
+    dev.seal_raw_for_testing_only(1, 1, 1, &piece(0, 0, 3, 99), &mut wire).unwrap();
     assert_eq!(open_all(&mut host, &mut wire)[1], Err(Error::Protocol(ProtocolError::BadFragment)));
 }
 
@@ -723,6 +725,7 @@ fn stream_session_timers() {
     let (mut dev, _) = session_pair();
     dev.set_timers(TimerConfig { max_lifetime_ms: Some(1_000), ..TimerConfig::DISABLED });
     dev.handle_timeout(Timestamp(5)).unwrap();
+    assert!(dev.poll_transmit(&mut BytesMut::new()), "IK: the confirming PING first (spec §4.8)");
     assert_eq!(dev.poll_timeout(), Some(Timestamp(1_005)));
     assert_eq!(dev.handle_timeout(Timestamp(1_005)), Err(Error::SessionExpired));
     let mut out = BytesMut::new();

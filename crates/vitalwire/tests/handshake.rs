@@ -19,12 +19,25 @@ fn every_profile_and_suite_establishes_a_mutually_authenticated_session() {
             assert_eq!((dev.profile(), host.suite()), (profile, suite));
             let mut wire = BytesMut::new();
             dev.seal_data(3, b"SpO2=98", &mut wire).unwrap();
-            host.seal_data(0, b"ack", &mut BytesMut::new()).unwrap();
             let got = open_all(&mut host, &mut wire);
             assert_eq!(
                 got,
                 vec![Ok(Incoming::Data { channel: 3, payload: bytes::Bytes::from_static(b"SpO2=98") })]
             );
+            // And the other direction: the device opens what the host sealed.
+            let mut back = BytesMut::new();
+            host.seal_data(0, b"ack", &mut back).unwrap();
+            host.seal_data(7, b"", &mut back).unwrap();
+            let got = open_all(&mut dev, &mut back);
+            assert_eq!(
+                got,
+                vec![
+                    Ok(Incoming::Data { channel: 0, payload: bytes::Bytes::from_static(b"ack") }),
+                    Ok(Incoming::Data { channel: 7, payload: bytes::Bytes::new() }),
+                ],
+                "{profile} {suite}"
+            );
+            assert!(back.is_empty());
         }
     }
 }
@@ -339,4 +352,108 @@ fn repeated_ik_and_kk_handshakes_with_the_same_keys() {
         let r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
         assert!(run_handshake(i, r).is_ok(), "{profile}");
     }
+}
+
+fn established(events: &[SecurityEvent]) -> usize {
+    events.iter().filter(|e| matches!(e.kind, EventKind::SessionEstablished { .. })).count()
+}
+
+fn drain(s: &mut Session) -> Vec<SecurityEvent> {
+    core::iter::from_fn(|| s.poll_event(Timestamp(1))).collect()
+}
+
+/// Spec §4.8: an IK/KK responder that has seen only message 1 (replayable) reports no session
+/// and fails it at the handshake deadline unless the device's first transport frame
+/// authenticates; the genuine device confirms at once with a PING.
+#[test]
+fn a_replayed_ik_or_kk_hello_never_establishes_a_session() {
+    let k = keys();
+    for profile in [Profile::Ik, Profile::Kk] {
+        // The genuine handshake; the attacker records the HELLO.
+        let mut i = Handshake::initiator(initiator_config(profile, CipherSuite::default(), &k)).unwrap();
+        let mut r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+        let mut wire = BytesMut::new();
+        i.write_message(&mut wire).unwrap();
+        let captured = wire.clone();
+        r.read_message(&one_frame(&mut wire)).unwrap();
+        r.write_message(&mut wire).unwrap();
+        i.read_message(&one_frame(&mut wire)).unwrap();
+        let (mut dev, mut host) = (i.into_session().unwrap(), r.into_session().unwrap());
+        assert!(!host.is_confirmed(), "{profile}: only message 1 seen");
+        assert_eq!(established(&drain(&mut host)), 0, "{profile}: not reported before confirmation");
+        // The device owes its confirming frame now, before any timer.
+        assert_eq!(dev.poll_timeout(), Some(Timestamp(0)), "{profile}");
+        dev.handle_timeout(Timestamp(5)).unwrap();
+        assert!(dev.poll_transmit(&mut wire));
+        assert_eq!(open_all(&mut host, &mut wire), vec![Ok(Incoming::Ping)], "{profile}");
+        assert!(host.is_confirmed());
+        assert_eq!(established(&drain(&mut host)), 1, "{profile}: reported once confirmed");
+        // No second PING from the device later: it owed one frame.
+        dev.handle_timeout(Timestamp(6)).unwrap();
+        assert!(!dev.poll_transmit(&mut BytesMut::new()));
+
+        // The replay: a second host accepts the same HELLO and answers...
+        let mut r2 = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+        r2.handle_timeout(Timestamp(1_000)).unwrap();
+        let mut replay = captured.clone();
+        r2.read_message(&one_frame(&mut replay)).unwrap();
+        r2.write_message(&mut BytesMut::new()).unwrap();
+        let mut fake = r2.into_session().unwrap();
+        assert!(!fake.is_confirmed());
+        let events = drain(&mut fake);
+        assert_eq!(established(&events), 0, "{profile}: a replay is never a session");
+        // ... and fails it at the handshake's own deadline, without sending anything.
+        let deadline = Timestamp(1_000 + vitalwire::handshake::DEFAULT_HANDSHAKE_TIMEOUT_MS);
+        assert_eq!(fake.poll_timeout(), Some(deadline), "{profile}");
+        fake.handle_timeout(Timestamp(deadline.0 - 1)).unwrap();
+        assert_eq!(
+            fake.handle_timeout(deadline),
+            Err(Error::Handshake(HandshakeError::NotConfirmed)),
+            "{profile}"
+        );
+        assert!(!fake.poll_transmit(&mut BytesMut::new()), "nothing to tell an unconfirmed peer");
+        let events = drain(&mut fake);
+        assert_eq!(established(&events), 0);
+        assert!(events.iter().any(|e| e.kind
+            == EventKind::HandshakeFailed { reason: Error::Handshake(HandshakeError::NotConfirmed) }));
+        assert_eq!(fake.error(), Some(Error::Handshake(HandshakeError::NotConfirmed)));
+
+        // A replay followed by a forged frame: an authentication failure, still no session.
+        let mut r3 = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+        let mut replay = captured.clone();
+        r3.read_message(&one_frame(&mut replay)).unwrap();
+        r3.write_message(&mut BytesMut::new()).unwrap();
+        let mut fake = r3.into_session().unwrap();
+        let mut forged = BytesMut::from(
+            &[0, 24, 0x55, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
+                [..],
+        );
+        assert_eq!(open_all(&mut fake, &mut forged), vec![Err(Error::AuthenticationFailed)]);
+        assert!(!fake.is_confirmed());
+        assert_eq!(established(&drain(&mut fake)), 0);
+    }
+}
+
+/// XX and the initiator side are confirmed by the handshake itself: reported at once, and the
+/// device sends no extra frame.
+#[test]
+fn three_message_handshakes_and_initiators_are_confirmed_by_the_handshake() {
+    for profile in [Profile::Xx, Profile::XxPsk3] {
+        let (mut dev, mut host) =
+            session_pair_with(profile, CipherSuite::default(), SessionParams::default());
+        assert!(host.is_confirmed() && dev.is_confirmed());
+        assert_eq!(established(&drain(&mut host)), 1, "{profile}");
+        assert_eq!(established(&drain(&mut dev)), 1, "{profile}");
+        dev.handle_timeout(Timestamp(5)).unwrap();
+        assert!(!dev.poll_transmit(&mut BytesMut::new()), "{profile}: no confirming PING");
+    }
+    // IK: a device that sends data first owes no PING.
+    let (mut dev, mut host) = session_pair();
+    assert_eq!(established(&drain(&mut dev)), 1);
+    let mut wire = BytesMut::new();
+    dev.seal_data(1, b"x", &mut wire).unwrap();
+    dev.handle_timeout(Timestamp(5)).unwrap();
+    assert!(!dev.poll_transmit(&mut wire));
+    assert_eq!(open_all(&mut host, &mut wire).len(), 1);
+    assert!(host.is_confirmed());
 }

@@ -108,6 +108,10 @@ fn the_host_admits_only_devices_in_its_allowlist() {
     let (i, r, _) = drive(ik(&known, *host().public(), "PM-0001"), responder_with(store.clone()));
     assert!(i.is_finished() && r.is_finished());
     let mut s = r.into_session().unwrap();
+    // IK: established once the device's first frame confirms the keys (spec §4.8).
+    let mut confirm = BytesMut::new();
+    assert!(i.into_session().unwrap().poll_transmit(&mut confirm));
+    assert_eq!(s.open(one_frame(&mut confirm)), Ok(Incoming::Ping));
     assert!(matches!(
         drain(&mut |t| s.poll_event(t))[0].kind,
         EventKind::SessionEstablished { pairing: false, .. }

@@ -169,14 +169,18 @@ fn datagram_vectors_replay_from_the_files_alone() {
         for p in rest {
             let wire = hexv(&p["wire"]);
             if p["from"] == "initiator" {
-                match host.open(BytesMut::from(&wire[..]), t).unwrap() {
-                    Incoming::Data { channel, payload } => {
+                match (p["kind"].as_str().unwrap(), host.open(BytesMut::from(&wire[..]), t).unwrap()) {
+                    ("DATA", Incoming::Data { channel, payload }) => {
                         assert_eq!(channel as u64, p["channel"].as_u64().unwrap());
                         assert_eq!(hex::encode(payload), p["payload"].as_str().unwrap());
                     }
-                    other => panic!("{other:?}"),
+                    ("PONG", Incoming::Pong(opaque)) => {
+                        assert_eq!(hex::encode(opaque), p["payload"].as_str().unwrap(), "{name}");
+                    }
+                    (kind, other) => panic!("{name}: {kind}: {other:?}"),
                 }
             } else if p["kind"] == "PING" {
+                assert_eq!(hexv(&p["payload"]).len(), 8, "{name}: a PING carries 8 bytes (spec §5.1)");
                 assert!(host.poll_transmit(t, &mut buf));
                 assert_eq!(hex::encode(buf.split()), p["wire"].as_str().unwrap(), "{name}");
             } else {
@@ -197,4 +201,29 @@ fn datagram_vectors_replay_from_the_files_alone() {
     let expected: Vec<String> =
         v["fragments"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
     assert_eq!(pieces, expected);
+}
+
+/// spec §4.7: the message-size table, checked against every stream vector (P = 18 bytes, the
+/// reference encoding of the parameters with all three fields).
+#[test]
+fn handshake_message_sizes_follow_the_table() {
+    for (name, text) in transcript::all() {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let Some(frames) = v["frames"].as_array() else { continue };
+        let hs: Vec<&Value> = frames.iter().filter(|f| f["phase"] == "handshake").collect();
+        let body_len = |f: &Value| hexv(&f["wire"]).len() - 2;
+        let payload_len = |f: &Value| hexv(&f["handshake_payload"]).len();
+        let p = payload_len(hs[1]);
+        assert_eq!(p, 18, "{name}");
+        let i = payload_len(hs.last().unwrap());
+        let h = hexv(&v["initiator"]["psk_id"]).len();
+        let expected: Vec<usize> = match v["profile"].as_str().unwrap() {
+            "XX" => vec![7 + 32, 1 + 32 + 48 + p + 16, 1 + 48 + i + 16],
+            "IK" => vec![7 + 32 + 48 + payload_len(hs[0]) + 16, 1 + 32 + p + 16],
+            "KK" => vec![15 + 32 + payload_len(hs[0]) + 16, 1 + 32 + p + 16],
+            "XXpsk3" => vec![7 + h + 32 + 16, 1 + 32 + 48 + p + 16, 1 + 48 + i + 16],
+            other => panic!("{other}"),
+        };
+        assert_eq!(hs.iter().map(|f| body_len(f)).collect::<Vec<_>>(), expected, "{name}");
+    }
 }

@@ -4,6 +4,7 @@ Both speak the same wire protocol as the Rust `vitalwire host` and `vitalwire de
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Awaitable, Callable, Optional
 
@@ -38,6 +39,9 @@ class Channel:
                 self._pending.extend(self.connection.receive(data))
             finally:
                 await self._flush()
+        # Starts the session's clocks; an IK/KK device sends its key-confirming PING now
+        # (spec §4.8: a host counts the session only once a first frame arrives).
+        self.connection.handle_timeout(int(time.monotonic() * 1000))
         await self._flush()
 
     async def send(self, channel: int, payload: bytes | bytearray | memoryview) -> None:

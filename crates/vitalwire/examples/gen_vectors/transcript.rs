@@ -11,6 +11,9 @@ fn key(start: u8) -> [u8; 32] {
 
 pub const PSK_ID: &[u8] = b"psk-0001";
 
+/// The 8 bytes of the stream vectors' PING.
+const PING_OPAQUE: [u8; 8] = *b"\x00\x00\x00\x00\x00\x00\x00\x2a";
+
 pub fn file_name(profile: Profile, suite: CipherSuite) -> String {
     let suite = match suite {
         CipherSuite::ChaChaPolyBlake2s => "chachapoly",
@@ -49,7 +52,9 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
         firmware: "1.4.2".into(),
         max_frame_len: 2048,
     };
-    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4, ..SessionParams::default() };
+    // 64 KiB: below 255 pieces of 4096-byte frames (spec §4.5.2), so announced as configured.
+    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4, max_message_len: 64 << 10 };
+    assert!(params.max_message_len <= params.max_reachable_message_len());
 
     let mut ic = InitiatorConfig::new(profile, init_kp.clone(), identity.clone())
         .suite(suite)
@@ -108,6 +113,7 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
     let mut host = resp.into_session().unwrap();
     let handshake_hash = hex::encode(dev.handshake_hash());
     assert_eq!(dev.handshake_hash(), host.handshake_hash());
+    assert_eq!(dev.params(), &params, "the JSON records the parameters as announced");
 
     enum Step {
         Data(bool, u8, Vec<u8>),
@@ -142,7 +148,7 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
         let (s, peer) = if from_initiator { (&mut dev, &mut host) } else { (&mut host, &mut dev) };
         match &step {
             Step::Data(_, ch, p) => s.seal_data(*ch, p, &mut out).unwrap(),
-            Step::Ping => s.send_ping(*b"\x00\x00\x00\x00\x00\x00\x00\x2a", &mut out).unwrap(),
+            Step::Ping => s.send_ping(PING_OPAQUE, &mut out).unwrap(),
             Step::Pong | Step::CloseReply => assert!(s.poll_transmit(&mut out)),
             Step::Rekey => s.rekey(&mut out).unwrap(),
             Step::Close => s.close(CloseCode::NORMAL, &mut out).unwrap(),
@@ -157,7 +163,7 @@ pub fn transcript(profile: Profile, suite: CipherSuite) -> Value {
             let opened = peer.open(frame).unwrap();
             let (kind, channel, payload) = match &opened {
                 Incoming::Data { channel, payload } => ("DATA", *channel, payload.to_vec()),
-                Incoming::Ping => ("PING", 0, b"\x00\x00\x00\x00\x00\x00\x00\x2a".to_vec()),
+                Incoming::Ping => ("PING", 0, PING_OPAQUE.to_vec()),
                 Incoming::Pong(p) => ("PONG", 0, p.to_vec()),
                 Incoming::Rekeyed => ("REKEY", 0, Vec::new()),
                 Incoming::Closed(c) => ("CLOSE", 0, c.0.to_be_bytes().to_vec()),
@@ -288,22 +294,38 @@ pub fn datagram_transcript(profile: Profile, suite: CipherSuite) -> Value {
     dev.rekey().unwrap();
     pending.push((true, data(&mut dev, 1, b"after on-demand rekey")));
     pending.push((false, data(&mut host, 0, b"ack")));
-    for (from_init, p) in pending {
-        let (receiver, sender_name) =
-            if from_init { (&mut host, "initiator") } else { (&mut dev, "responder") };
-        let counter = u64::from_be_bytes(p[5..13].try_into().unwrap());
-        let opened = receiver.open(BytesMut::from(&p[..]), t).unwrap();
-        let (kind, channel, payload) = match opened {
-            Incoming::Data { channel, payload } => ("DATA", channel, payload.to_vec()),
-            Incoming::Ping => ("PING", 0, Vec::new()),
-            other => panic!("{other:?}"),
-        };
-        record(
-            sender_name,
-            "TRANSPORT",
-            &p,
-            json!({"counter": counter, "epoch": counter / 4, "kind": kind, "channel": channel, "payload": hex::encode(payload)}),
-        );
+    let mut ping_entry = None;
+    let mut answered = false;
+    loop {
+        for (from_init, p) in core::mem::take(&mut pending) {
+            let (receiver, sender_name) =
+                if from_init { (&mut host, "initiator") } else { (&mut dev, "responder") };
+            let counter = u64::from_be_bytes(p[5..13].try_into().unwrap());
+            let opened = receiver.open(BytesMut::from(&p[..]), t).unwrap();
+            let (kind, channel, payload) = match opened {
+                Incoming::Data { channel, payload } => ("DATA", channel, payload.to_vec()),
+                // The PING's 8 bytes come back in the PONG; filled in below.
+                Incoming::Ping => ("PING", 0, Vec::new()),
+                Incoming::Pong(opaque) => ("PONG", 0, opaque.to_vec()),
+                other => panic!("{other:?}"),
+            };
+            if kind == "PING" {
+                ping_entry = Some(packets.len());
+            }
+            if kind == "PONG" {
+                let i = ping_entry.expect("a PING was answered");
+                packets[i]["payload"] = json!(hex::encode(&payload));
+            }
+            packets.push(json!({"from": sender_name, "packet": "TRANSPORT", "wire": hex::encode(&p),
+                "counter": counter, "epoch": counter / 4, "kind": kind, "channel": channel,
+                "payload": hex::encode(payload)}));
+        }
+        // XX: the device answers the responder's confirming PING last.
+        if answered || !dev.poll_transmit(t, &mut buf) {
+            break;
+        }
+        answered = true;
+        pending.push((true, buf.split().to_vec()));
     }
     json!({
         "description": format!(
