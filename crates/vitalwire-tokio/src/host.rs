@@ -9,7 +9,7 @@
 //! devices down (TCP backpressure) instead of losing frames.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,16 +17,17 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 use tokio_util::task::TaskTracker;
 use vitalwire::hello::MAX_HANDSHAKE_FRAME_LEN;
 use vitalwire::{
-    CloseCode, Error, EventKind, Fingerprint, Handshake, HandshakeError, Incoming, Limit, ResponderConfig,
-    SecurityEvent, Timer, TimerConfig, Timestamp, TrustPolicy,
+    CloseCode, Error, EventAggregator, EventKind, Fingerprint, Incoming, Limit, ResponderConfig,
+    SecurityEvent, TimerConfig, Timestamp, TrustPolicy,
 };
 
+use crate::admission::HalfOpen;
 use crate::codec::{FrameCodec, LinkError};
 use crate::limits::RateLimiter;
 
@@ -57,6 +58,9 @@ pub struct HostConfig {
     pub max_sessions: usize,
     /// Time allowed for a handshake (default 5 s).
     pub handshake_timeout: Duration,
+    /// Time a new connection gets to deliver its first complete frame, the HELLO (default 2 s;
+    /// see [`crate::admission`]).
+    pub hello_timeout: Duration,
     /// Handshakes a source address may start at once (default 20).
     pub handshake_burst: u32,
     /// Handshakes per second a source address may start after its burst (default 10).
@@ -71,6 +75,12 @@ pub struct HostConfig {
     pub write_timeout: Duration,
     /// UDP: half-open handshakes above which HELLOs must carry a cookie (default 64).
     pub cookie_threshold: usize,
+    /// Security events of one kind from one source address logged per
+    /// `event_interval` before the rest are only counted, in one `events_suppressed` event per
+    /// interval (default 10; see [`vitalwire::EventAggregator`]).
+    pub events_per_interval: u32,
+    /// The aggregation interval (default 10 s).
+    pub event_interval: Duration,
 }
 
 impl HostConfig {
@@ -82,6 +92,7 @@ impl HostConfig {
             max_half_open: 256,
             max_sessions: 10_000,
             handshake_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(2),
             handshake_burst: 20,
             handshake_rate: 10.0,
             timers: TimerConfig::default(),
@@ -89,6 +100,8 @@ impl HostConfig {
             event_buffer: 4096,
             write_timeout: Duration::from_secs(10),
             cookie_threshold: 64,
+            events_per_interval: vitalwire::events::AGGREGATE_PER_INTERVAL,
+            event_interval: Duration::from_millis(vitalwire::events::AGGREGATE_INTERVAL_MS),
         }
     }
 }
@@ -142,8 +155,10 @@ pub struct HostStats {
 pub(crate) struct Shared {
     pub config: HostConfig,
     pub counters: Counters,
-    pub half_open: Arc<Semaphore>,
+    pub half_open: HalfOpen,
     pub limiter: Mutex<RateLimiter>,
+    pub aggregator: Mutex<EventAggregator>,
+    pub ticker_started: AtomicBool,
     pub telemetry: mpsc::Sender<Telemetry>,
     pub events: mpsc::Sender<SecurityEvent>,
     pub shutdown: watch::Sender<bool>,
@@ -153,14 +168,45 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Records an event, through the aggregator (a flood from one source becomes a count).
     pub fn event(&self, e: SecurityEvent) {
+        let now = e.time;
+        let mut agg = self.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = agg.admit(e) {
+            self.deliver(e);
+        }
+        while let Some(summary) = agg.poll_summary(now) {
+            self.deliver(summary);
+        }
+    }
+
+    fn deliver(&self, e: SecurityEvent) {
         if self.events.try_send(e).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Emits the aggregator's summaries that are due (with `flush`: ends every interval
+    /// first); returns when the next is due.
+    pub fn emit_summaries(&self, flush: bool) -> Option<Timestamp> {
+        let now = now_ts();
+        let mut agg = self.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+        if flush {
+            agg.flush(now);
+        }
+        while let Some(summary) = agg.poll_summary(now) {
+            self.deliver(summary);
+        }
+        agg.poll_timeout()
+    }
+
     pub fn host_event(&self, kind: EventKind) {
-        self.event(SecurityEvent::new(kind, now_ts(), None, None));
+        self.source_event(kind, None);
+    }
+
+    /// An event raised by the adapter about a connection or packet from `source`.
+    pub fn source_event(&self, kind: EventKind, source: Option<IpAddr>) {
+        self.event(SecurityEvent::new(kind, now_ts(), None, None).from_source(source));
     }
 
     pub fn allow_handshake(&self, source: Option<IpAddr>) -> bool {
@@ -168,10 +214,32 @@ impl Shared {
         let allowed = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, Instant::now());
         if !allowed {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            self.host_event(EventKind::LimitExceeded { limit: Limit::HandshakeRate });
+            self.source_event(EventKind::LimitExceeded { limit: Limit::HandshakeRate }, source);
         }
         allowed
     }
+}
+
+/// Emits the event aggregator's summaries when their intervals end, until shutdown.
+pub(crate) fn start_event_ticker(shared: &Arc<Shared>) {
+    if shared.ticker_started.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut stop = shared.shutdown.subscribe();
+        loop {
+            let next = shared.emit_summaries(false);
+            let wait = next.map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis(at.0.saturating_sub(now_ts().0))
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1))
+            });
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
 }
 
 /// A host serving devices. Cheap to clone; all clones are the same host.
@@ -187,8 +255,14 @@ impl Host {
         let (telemetry, telemetry_rx) = mpsc::channel(config.telemetry_buffer.max(1));
         let (events, events_rx) = mpsc::channel(config.event_buffer.max(1));
         let shared = Shared {
-            half_open: Arc::new(Semaphore::new(config.max_half_open)),
+            half_open: HalfOpen::new(config.max_half_open),
             limiter: Mutex::new(RateLimiter::new(config.handshake_burst, config.handshake_rate, 65_536)),
+            aggregator: Mutex::new(EventAggregator::new(
+                config.events_per_interval,
+                u64::try_from(config.event_interval.as_millis()).unwrap_or(u64::MAX),
+                vitalwire::events::AGGREGATE_MAX_TRACKED,
+            )),
+            ticker_started: AtomicBool::new(false),
             config,
             counters: Counters::default(),
             telemetry,
@@ -203,6 +277,7 @@ impl Host {
 
     /// Accepts TCP connections until [`Host::shutdown`].
     pub async fn serve_tcp(&self, listener: TcpListener) -> std::io::Result<()> {
+        start_event_ticker(&self.shared);
         let mut stop = self.shared.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -242,6 +317,8 @@ impl Host {
         let _ = self.shared.shutdown.send(true);
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        // Every connection has recorded its last events: end the aggregation intervals.
+        self.shared.emit_summaries(true);
     }
 
     /// The counters now.
@@ -294,39 +371,6 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, FrameCodec>,
-    hs: &mut Handshake,
-) -> Result<(), Error> {
-    let mut out = BytesMut::new();
-    loop {
-        while hs.wants_write() {
-            let r = hs.write_message(&mut out);
-            let _ = framed.send(out.split().freeze()).await;
-            r?;
-            if let Some(e) = hs.error() {
-                return Err(e);
-            }
-        }
-        if hs.is_finished() {
-            return Ok(());
-        }
-        match framed.next().await {
-            Some(Ok(frame)) => {
-                if let Err(e) = hs.read_message(&frame) {
-                    if hs.wants_write() {
-                        let _ = hs.write_message(&mut out);
-                        let _ = framed.send(out.split().freeze()).await;
-                    }
-                    return Err(e);
-                }
-            }
-            Some(Err(e)) => return Err(e.into_protocol()),
-            None => return Err(Error::Truncated),
-        }
-    }
-}
-
 /// Handles one item from the framed stream; returns whether the connection is done.
 async fn on_frame(
     shared: &Shared,
@@ -366,43 +410,16 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
-    if *stop.borrow() || !shared.allow_handshake(source) {
+    if *stop.borrow() {
         return;
     }
-    let Ok(permit) = shared.half_open.clone().try_acquire_owned() else {
-        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        shared.host_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes });
-        return;
-    };
-    let half_open = Gauge::up(&shared.counters.half_open);
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_LEN));
-    let Ok(mut hs) = Handshake::responder((shared.config.responder)()) else { return };
-    let result = match timeout(shared.config.handshake_timeout, handshake(&mut framed, &mut hs)).await {
-        Ok(r) => r,
-        Err(_) => {
-            shared.event(SecurityEvent::new(
-                EventKind::TimerExpired { timer: Timer::Handshake },
-                now_ts(),
-                None,
-                None,
-            ));
-            Err(Error::Handshake(HandshakeError::Timeout))
-        }
-    };
-    while let Some(e) = hs.poll_event(now_ts()) {
-        shared.event(e);
-    }
-    drop(half_open);
-    drop(permit);
-    if result.is_err() {
-        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
+    let Some(hs) = crate::admission::handshake(&shared, &mut framed, source).await else { return };
     let Ok(mut session) = hs.into_session() else { return };
     let mut out = BytesMut::new();
     if shared.counters.sessions.load(Ordering::Relaxed) >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        shared.host_event(EventKind::LimitExceeded { limit: Limit::Sessions });
+        shared.source_event(EventKind::LimitExceeded { limit: Limit::Sessions }, source);
         let _ = session.close(CloseCode::GOING_AWAY, &mut out);
         let _ = write_all(&shared, &mut framed, &mut out).await;
         return;
@@ -465,7 +482,7 @@ where
         }
         session.poll_transmit(&mut out);
         while let Some(e) = session.poll_event(now_ts()) {
-            shared.event(e);
+            shared.event(e.from_source(source));
         }
         let written = write_all(&shared, &mut framed, &mut out).await;
         if done || !written || session.is_closed() {
@@ -473,6 +490,6 @@ where
         }
     }
     while let Some(e) = session.poll_event(now_ts()) {
-        shared.event(e);
+        shared.event(e.from_source(source));
     }
 }

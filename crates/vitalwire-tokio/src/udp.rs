@@ -27,6 +27,7 @@ fn tokio_deadline(t: Timestamp, base: (Instant, Timestamp)) -> tokio::time::Inst
 /// Serves devices on a UDP socket until the host shuts down.
 pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
     let shared = host.shared.clone();
+    crate::host::start_event_ticker(&shared);
     let factory = shared.config.responder.clone();
     let config = DatagramConfig { timers: shared.config.timers, ..DatagramConfig::default() };
     let limits =
@@ -73,7 +74,7 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
                                 reply.extend_from_slice(&packet[1..5]);
                                 reply.extend_from_slice(&jar.cookie(&from, Instant::now()));
                                 let _ = socket.send_to(&reply, from).await;
-                                shared.host_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes });
+                                shared.source_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes }, Some(from.ip()));
                             }
                             continue;
                         }
@@ -81,10 +82,13 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
                     }
                     Some(&TYPE_COOKIE_HELLO) => {
                         let valid = n > 1 + COOKIE_LEN && jar.check(&packet[1..1 + COOKIE_LEN], &from, Instant::now());
-                        if valid && shared.allow_handshake(Some(from.ip())) {
-                            let _ = dh.handle_packet(from, BytesMut::from(&packet[1 + COOKIE_LEN..]), now);
-                        } else {
+                        if !valid {
+                            // A forged or expired cookie: refused, and recorded.
                             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                            let reason = Error::Handshake(vitalwire::HandshakeError::AuthenticationFailed);
+                            shared.source_event(EventKind::HandshakeFailed { reason }, Some(from.ip()));
+                        } else if shared.allow_handshake(Some(from.ip())) {
+                            let _ = dh.handle_packet(from, BytesMut::from(&packet[1 + COOKIE_LEN..]), now);
                         }
                     }
                     _ => {

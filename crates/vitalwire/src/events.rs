@@ -156,7 +156,9 @@ pub enum EventKind {
     /// An [`EventAggregator`] held back repeated events of one kind from one source during one
     /// interval; this summary counts them.
     EventsSuppressed {
-        /// The `event` name of the events held back (`"limit_exceeded"`, ...).
+        /// What was held back: the `event` name, with the limit or timer for `limit_exceeded`
+        /// and `timer_expired` ([`EventKind::detailed_name`]: `"unknown_peer"`,
+        /// `"limit_exceeded/handshake_rate"`, ...).
         of: &'static str,
         /// How many were held back.
         count: u64,
@@ -170,6 +172,8 @@ pub enum EventKind {
 pub enum Timer {
     /// The handshake did not finish in time.
     Handshake,
+    /// A host: the first frame (the HELLO) of a new connection did not arrive in time.
+    Hello,
     /// The peer was silent too long.
     DeadPeer,
     /// The session reached its maximum lifetime.
@@ -195,6 +199,31 @@ impl EventKind {
             EventKind::TimerExpired { .. } => "timer_expired",
             EventKind::FragmentDropped => "fragment_dropped",
             EventKind::EventsSuppressed { .. } => "events_suppressed",
+        }
+    }
+
+    /// The name with the limit or timer for `limit_exceeded` and `timer_expired`
+    /// (`"limit_exceeded/handshake_rate"`, `"timer_expired/hello"`), else [`EventKind::name`]:
+    /// what an [`EventAggregator`] groups by and names in its summaries.
+    pub const fn detailed_name(&self) -> &'static str {
+        match self {
+            EventKind::LimitExceeded { limit } => match limit {
+                Limit::FrameTooLarge => "limit_exceeded/frame_too_large",
+                Limit::PayloadTooLarge => "limit_exceeded/payload_too_large",
+                Limit::NonceExhausted => "limit_exceeded/nonce_exhausted",
+                Limit::HalfOpenHandshakes => "limit_exceeded/half_open_handshakes",
+                Limit::Sessions => "limit_exceeded/sessions",
+                Limit::MessageTooLarge => "limit_exceeded/message_too_large",
+                Limit::HandshakeRate => "limit_exceeded/handshake_rate",
+                Limit::WriteTimeout => "limit_exceeded/write_timeout",
+            },
+            EventKind::TimerExpired { timer } => match timer {
+                Timer::Handshake => "timer_expired/handshake",
+                Timer::Hello => "timer_expired/hello",
+                Timer::DeadPeer => "timer_expired/dead_peer",
+                Timer::Lifetime => "timer_expired/lifetime",
+            },
+            other => other.name(),
         }
     }
 
@@ -435,7 +464,7 @@ struct Window {
 /// every occurrence stays counted (sans-IO: time comes from the events' own stamps and from
 /// the caller).
 ///
-/// Events are grouped by `(source, event name)`. Within an interval that starts at the first
+/// Events are grouped by `(source, kind)`, the kind being [`EventKind::detailed_name`]. Within an interval that starts at the first
 /// event of a group, the first `per_interval` events pass [`EventAggregator::admit`]; the rest
 /// are held back and counted. When the interval ends, [`EventAggregator::poll_summary`]
 /// yields one [`EventKind::EventsSuppressed`] event for the group (with its source and the
@@ -491,7 +520,7 @@ impl EventAggregator {
         if event.severity == Severity::Info {
             return Some(event);
         }
-        let key = (event.source, event.kind.name());
+        let key = (event.source, event.kind.detailed_name());
         if let Some(w) = self.windows.get_mut(&key) {
             w.seen += 1;
             if w.seen <= self.per_interval {
@@ -677,12 +706,20 @@ mod aggregator_tests {
         let other = SecurityEvent::new(EventKind::UnknownPeer, Timestamp(60), None, None)
             .from_source(Some(IpAddr::from([192, 0, 2, 1])));
         assert!(a.admit(other).is_some());
+        let other_limit = SecurityEvent::new(
+            EventKind::LimitExceeded { limit: Limit::FrameTooLarge },
+            Timestamp(70),
+            None,
+            None,
+        )
+        .from_source(Some(IpAddr::from([192, 0, 2, 1])));
+        assert!(a.admit(other_limit).is_some(), "another limit is another group");
         assert!(drain(&mut a, 999).is_empty(), "the interval has not ended");
         assert_eq!(a.poll_timeout(), Some(Timestamp(1_010)));
         let summaries = drain(&mut a, 1_010);
         assert_eq!(summaries.len(), 1, "{summaries:?}");
         let s = &summaries[0];
-        assert_eq!(s.kind, EventKind::EventsSuppressed { of: "limit_exceeded", count: 997 });
+        assert_eq!(s.kind, EventKind::EventsSuppressed { of: "limit_exceeded/handshake_rate", count: 997 });
         assert_eq!(s.source, Some(IpAddr::from([192, 0, 2, 1])));
         assert_eq!(s.time, Timestamp(1_010));
         assert_eq!(s.severity, Severity::Warning);
@@ -705,7 +742,10 @@ mod aggregator_tests {
         assert_eq!(passed, 8, "the first event of each tracked source");
         let summaries = drain(&mut a, 1_100);
         assert_eq!(summaries.len(), 1);
-        assert_eq!(summaries[0].kind, EventKind::EventsSuppressed { of: "limit_exceeded", count: 9_992 });
+        assert_eq!(
+            summaries[0].kind,
+            EventKind::EventsSuppressed { of: "limit_exceeded/handshake_rate", count: 9_992 }
+        );
         assert_eq!(summaries[0].source, None);
         assert_eq!(passed as u64 + a.suppressed_total(), 10_000, "every event is logged or counted");
     }
@@ -726,7 +766,7 @@ mod aggregator_tests {
         a.flush(Timestamp(3));
         let s = drain(&mut a, 3);
         assert_eq!(s.len(), 1);
-        assert_eq!(s[0].kind, EventKind::EventsSuppressed { of: "limit_exceeded", count: 2 });
+        assert_eq!(s[0].kind, EventKind::EventsSuppressed { of: "limit_exceeded/handshake_rate", count: 2 });
         assert_eq!(a.poll_timeout(), None);
     }
 }
