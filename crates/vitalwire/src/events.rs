@@ -181,25 +181,52 @@ pub enum Timer {
 }
 
 impl EventKind {
+    /// Every event name, in declaration order: [`EventKind::name`] of each kind. A test that
+    /// claims to cover every kind compares what it saw with this list.
+    pub const NAMES: [&'static str; 15] = [
+        "session_established",
+        "session_closed",
+        "handshake_failed",
+        "unknown_peer",
+        "revoked_peer",
+        "authentication_failure",
+        "protocol_violation",
+        "unknown_frame_kind",
+        "truncated",
+        "rekeyed",
+        "limit_exceeded",
+        "replay_rejected",
+        "timer_expired",
+        "fragment_dropped",
+        "events_suppressed",
+    ];
+
+    /// The kind's place in [`EventKind::NAMES`]. The match is exhaustive: a new kind does not
+    /// compile until it has a place, and a place past the end of `NAMES` fails every test that
+    /// names it.
+    const fn ordinal(&self) -> usize {
+        match self {
+            EventKind::SessionEstablished { .. } => 0,
+            EventKind::SessionClosed { .. } => 1,
+            EventKind::HandshakeFailed { .. } => 2,
+            EventKind::UnknownPeer => 3,
+            EventKind::RevokedPeer => 4,
+            EventKind::AuthenticationFailure => 5,
+            EventKind::ProtocolViolation { .. } => 6,
+            EventKind::UnknownFrameKind { .. } => 7,
+            EventKind::Truncated => 8,
+            EventKind::Rekeyed { .. } => 9,
+            EventKind::LimitExceeded { .. } => 10,
+            EventKind::ReplayRejected { .. } => 11,
+            EventKind::TimerExpired { .. } => 12,
+            EventKind::FragmentDropped => 13,
+            EventKind::EventsSuppressed { .. } => 14,
+        }
+    }
+
     /// The event's name as it appears in JSON (`"unknown_peer"`, ...).
     pub const fn name(&self) -> &'static str {
-        match self {
-            EventKind::SessionEstablished { .. } => "session_established",
-            EventKind::SessionClosed { .. } => "session_closed",
-            EventKind::HandshakeFailed { .. } => "handshake_failed",
-            EventKind::UnknownPeer => "unknown_peer",
-            EventKind::RevokedPeer => "revoked_peer",
-            EventKind::AuthenticationFailure => "authentication_failure",
-            EventKind::ProtocolViolation { .. } => "protocol_violation",
-            EventKind::UnknownFrameKind { .. } => "unknown_frame_kind",
-            EventKind::Truncated => "truncated",
-            EventKind::Rekeyed { .. } => "rekeyed",
-            EventKind::LimitExceeded { .. } => "limit_exceeded",
-            EventKind::ReplayRejected { .. } => "replay_rejected",
-            EventKind::TimerExpired { .. } => "timer_expired",
-            EventKind::FragmentDropped => "fragment_dropped",
-            EventKind::EventsSuppressed { .. } => "events_suppressed",
-        }
+        Self::NAMES[self.ordinal()]
     }
 
     /// The name with the limit or timer for `limit_exceeded` and `timer_expired`
