@@ -306,10 +306,10 @@ mod tests {
         // Then c (waiting), then d; only when nobody is waiting does the oldest go.
         d.hello_received();
         let _e = h.admit(&gauge).unwrap();
-        assert!(h.lock().entries.get(&c.id).is_none());
+        assert!(!h.lock().entries.contains_key(&c.id));
         _e.hello_received();
         let _f = h.admit(&gauge).unwrap();
-        assert!(h.lock().entries.get(&a.id).is_none(), "everyone spoke: the oldest goes");
+        assert!(!h.lock().entries.contains_key(&a.id), "everyone spoke: the oldest goes");
         drop((a, b, c, d));
         assert_eq!((h.len(), gauge.load(Ordering::Relaxed)), (2, 2));
         assert!(HalfOpen::new(0).admit(&gauge).is_none());

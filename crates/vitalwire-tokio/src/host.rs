@@ -200,6 +200,9 @@ impl Shared {
         agg.poll_timeout()
     }
 
+    /// An event raised by the adapter with no address to name (kept for callers outside
+    /// the connection paths, which all use [`Shared::source_event`]).
+    #[allow(dead_code)]
     pub fn host_event(&self, kind: EventKind) {
         self.source_event(kind, None);
     }
@@ -220,16 +223,19 @@ impl Shared {
     }
 }
 
-/// Emits the event aggregator's summaries when their intervals end, until shutdown.
+/// Emits the event aggregator's summaries when their intervals end, until shutdown (or until
+/// the host is dropped: the ticker holds only a weak reference).
 pub(crate) fn start_event_ticker(shared: &Arc<Shared>) {
     if shared.ticker_started.swap(true, Ordering::Relaxed) {
         return;
     }
-    let shared = shared.clone();
+    let weak = Arc::downgrade(shared);
+    let mut stop = shared.shutdown.subscribe();
     tokio::spawn(async move {
-        let mut stop = shared.shutdown.subscribe();
         loop {
+            let Some(shared) = weak.upgrade() else { return };
             let next = shared.emit_summaries(false);
+            drop(shared);
             let wait = next.map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis(at.0.saturating_sub(now_ts().0))
                     .clamp(Duration::from_millis(10), Duration::from_secs(1))
@@ -356,6 +362,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     framed: &mut Framed<S, FrameCodec>,
     out: &mut BytesMut,
+    source: Option<IpAddr>,
 ) -> bool {
     if out.is_empty() {
         return true;
@@ -365,7 +372,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            shared.host_event(EventKind::LimitExceeded { limit: Limit::WriteTimeout });
+            shared.source_event(EventKind::LimitExceeded { limit: Limit::WriteTimeout }, source);
             false
         }
     }
@@ -421,7 +428,7 @@ where
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         shared.source_event(EventKind::LimitExceeded { limit: Limit::Sessions }, source);
         let _ = session.close(CloseCode::GOING_AWAY, &mut out);
-        let _ = write_all(&shared, &mut framed, &mut out).await;
+        let _ = write_all(&shared, &mut framed, &mut out, source).await;
         return;
     }
     let _open = Gauge::up(&shared.counters.sessions);
@@ -484,7 +491,7 @@ where
         while let Some(e) = session.poll_event(now_ts()) {
             shared.event(e.from_source(source));
         }
-        let written = write_all(&shared, &mut framed, &mut out).await;
+        let written = write_all(&shared, &mut framed, &mut out, source).await;
         if done || !written || session.is_closed() {
             break;
         }

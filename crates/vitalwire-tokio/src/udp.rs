@@ -41,12 +41,14 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
     let mut buf = vec![0u8; 65_536];
     loop {
         let deadline = dh.poll_timeout().map(|t| tokio_deadline(t, base));
+        // The address of the packet handled in this turn: the events it causes name it.
+        let mut source = None;
         tokio::select! {
             _ = crate::host::stopped(&mut stop) => {
                 for index in dh.session_indices() {
                     let _ = dh.close(index, CloseCode::GOING_AWAY, now_ts());
                 }
-                flush(&mut dh, &socket, &shared).await;
+                flush(&mut dh, &socket, &shared, None).await;
                 return Ok(());
             }
             _ = trust.changed() => {
@@ -59,6 +61,7 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
             }
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
+                source = Some(from.ip());
                 let packet = &buf[..n];
                 let now = now_ts();
                 match packet.first() {
@@ -97,18 +100,23 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
                 }
             }
         }
-        flush(&mut dh, &socket, &shared).await;
+        flush(&mut dh, &socket, &shared, source).await;
         shared.counters.sessions.store(dh.session_count(), Ordering::Relaxed);
         shared.counters.half_open.store(dh.half_open_count(), Ordering::Relaxed);
     }
 }
 
-async fn flush(dh: &mut DatagramHost<SocketAddr>, socket: &UdpSocket, shared: &crate::host::Shared) {
+async fn flush(
+    dh: &mut DatagramHost<SocketAddr>,
+    socket: &UdpSocket,
+    shared: &crate::host::Shared,
+    source: Option<std::net::IpAddr>,
+) {
     while let Some((to, p)) = dh.poll_transmit() {
         let _ = socket.send_to(&p, to).await;
     }
     while let Some(e) = dh.poll_event() {
-        shared.event(e);
+        shared.event(e.from_source(source));
     }
     while let Some(inc) = dh.poll_incoming() {
         if let Incoming::Data { channel, payload } = inc.incoming {

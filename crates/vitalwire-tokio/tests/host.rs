@@ -713,3 +713,70 @@ async fn honest_devices_get_in_within_a_second_during_a_slowloris_flood() {
     let latencies = honest_latencies_during_flood(true, 500, 4).await;
     assert!(latencies.iter().all(|l| *l < Duration::from_secs(1)), "{latencies:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_refusals_name_their_source() {
+    let mut config = host_config(trusted(1));
+    config.cookie_threshold = 0; // every HELLO must carry a cookie
+    let (host, _telemetry, mut events) = Host::new(config);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let h = host.clone();
+    tokio::spawn(async move { serve_udp(&h, socket).await });
+    // An unknown device (the handshake fails in the core: the adapter names the source).
+    let unknown = UdpDevice::connect(
+        addr,
+        InitiatorConfig::new(Profile::Ik, device_keys(9), DeviceIdentity::new("PM-9"))
+            .host_key(*host_keys().public()),
+        DatagramConfig::default(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(unknown.is_err());
+    // A forged cookie from another address.
+    let forger = UdpSocket::bind("127.9.9.9:0").await.unwrap();
+    let mut forged = vec![0x26u8];
+    forged.extend_from_slice(&[0xAB; 16]);
+    forged.extend_from_slice(b"\x21 not a real hello");
+    forger.send_to(&forged, addr).await.unwrap();
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    let forger_ip: IpAddr = "127.9.9.9".parse().unwrap();
+    let seen = collect_events(&mut events, Duration::from_secs(10), |s| {
+        s.iter().any(|e| e.kind == EventKind::UnknownPeer && e.source == Some(local))
+            && s.iter().any(|e| e.kind.name() == "handshake_failed" && e.source == Some(forger_ip))
+    })
+    .await;
+    assert!(seen.iter().any(|e| e.kind == EventKind::UnknownPeer && e.source == Some(local)), "{seen:#?}");
+    assert!(
+        seen.iter().any(|e| e.kind.name() == "handshake_failed" && e.source == Some(forger_ip)),
+        "the forged cookie is recorded with its address: {seen:#?}"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_comes_out_when_the_interval_ends_while_the_host_runs() {
+    let mut config = host_config(trusted(1));
+    config.event_interval = Duration::from_millis(300);
+    config.events_per_interval = 2;
+    let (host, addr, _telemetry, mut events) = start_tcp(config).await;
+    let from = loopback(11, 1);
+    for _ in 0..8 {
+        attack_once(from, addr, b"\x00\x00", false).await;
+    }
+    // No shutdown: the host's ticker ends the interval.
+    let seen = collect_events(&mut events, Duration::from_secs(10), |s| {
+        s.iter().any(|e| matches!(e.kind, EventKind::EventsSuppressed { .. }))
+    })
+    .await;
+    let summary = seen.iter().find(|e| matches!(e.kind, EventKind::EventsSuppressed { .. }));
+    let logged = seen.iter().filter(|e| e.kind.name() == "handshake_failed").count();
+    let Some(EventKind::EventsSuppressed { of, count }) = summary.map(|e| e.kind) else {
+        panic!("no summary: {seen:#?}")
+    };
+    assert_eq!(of, "handshake_failed");
+    assert_eq!(summary.unwrap().source, Some(from));
+    // 8 refusals: 2 logged, the rest counted (in this summary, or a later interval's lines).
+    assert!(logged >= 2 && count >= 1 && logged as u64 + count <= 8, "{seen:#?}");
+    host.shutdown().await;
+}
