@@ -164,3 +164,26 @@ fn every_event_kind_is_emitted_when_it_happens() {
     assert!(has(&|k| *k == EventKind::ReplayRejected { duplicate: true }));
     assert!(has(&|k| *k == EventKind::EventsSuppressed { of: "unknown_peer", count: 3 }));
 }
+
+#[test]
+fn a_stream_cut_inside_a_frame_is_truncated_not_a_protocol_violation() {
+    // §2, §7.3: EOF inside a frame is a truncated stream.
+    let (mut dev, mut hostside) = session_pair();
+    let _ = drain(&mut |t| hostside.poll_event(t));
+    let mut wire = BytesMut::new();
+    dev.seal_data(1, b"the last reading", &mut wire).unwrap();
+    let mut cut = BytesMut::from(&wire[..wire.len() - 3]);
+    let mut decoder = StreamDecoder::new(hostside.max_frame_len());
+    assert_eq!(decoder.decode(&mut cut), Ok(None), "needs more bytes");
+    let eof = decoder.finish(&cut).unwrap_err();
+    assert!(matches!(eof, DecodeError::IncompleteFrame { .. }));
+    assert_eq!(hostside.handle_decode_error(eof), Error::Truncated);
+    assert_eq!(drain(&mut |t| hostside.poll_event(t)), vec![EventKind::Truncated]);
+    let c = hostside.security_counters();
+    assert_eq!((c.truncations, c.protocol_violations), (1, 0));
+    // Other framing errors still fail the session as malformed.
+    let (_, mut hostside) = session_pair();
+    let _ = drain(&mut |t| hostside.poll_event(t));
+    assert_eq!(hostside.handle_decode_error(DecodeError::EmptyFrame), Error::Decode(DecodeError::EmptyFrame));
+    assert!(matches!(drain(&mut |t| hostside.poll_event(t))[..], [EventKind::ProtocolViolation { .. }]));
+}
