@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use vitalwire::keyfile;
 use vitalwire::{ResponderConfig, SessionParams, Severity, TrustPolicy, TrustStore};
 use vitalwire_tokio::host::now_ts;
@@ -49,8 +49,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     config.max_half_open = opts.max_half_open;
     let (host, mut telemetry, mut events) = Host::new(config);
     if let Some(addr) = opts.tcp {
-        let listener =
-            TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on TCP {addr}: {e}"))?;
+        // A deep accept queue: a connection flood waits there instead of being dropped.
+        let listener = vitalwire_tokio::host::listen_tcp(addr)
+            .map_err(|e| format!("cannot listen on TCP {addr}: {e}"))?;
         eprintln!("vitalwire host: TCP {}", listener.local_addr().map_err(|e| e.to_string())?);
         let h = host.clone();
         tokio::spawn(async move { h.serve_tcp(listener).await });

@@ -28,6 +28,9 @@ use vitalwire::{
 };
 use vitalwire_tokio::FrameCodec;
 
+/// The floods take turns: each measures its own promise, not the other's load.
+static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// 127.`group`.x.y, a loopback address of its own for machine `n`.
 fn loopback(group: u8, n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, group, (n / 250) as u8, (n % 250) as u8 + 1))
@@ -194,6 +197,7 @@ fn honest_latencies_during_flood(
     sources: u32,
     per_source: u32,
 ) -> Vec<Duration> {
+    let _turn = FLOODS.lock().unwrap_or_else(|p| p.into_inner());
     let conns = u64::from(sources * per_source);
     let fds = raise_fd_limit(conns + 1_000);
     assert!(fds >= conns + 200, "fd limit {fds}: too low for a flood of {conns} connections");

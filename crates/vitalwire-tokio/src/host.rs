@@ -248,6 +248,23 @@ pub(crate) fn start_event_ticker(shared: &Arc<Shared>) {
     });
 }
 
+/// The accept queue [`listen_tcp`] asks for (the kernel caps it, on Linux at
+/// `net.core.somaxconn`, 4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener for [`Host::serve_tcp`] with a deep accept queue ([`LISTEN_BACKLOG`]
+/// rather than the usual 1024): under a connection flood, connections wait there while the
+/// host catches up, instead of being dropped by the kernel (which costs an honest device a
+/// SYN retransmission, a second or more).
+pub fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A host serving devices. Cheap to clone; all clones are the same host.
 #[derive(Clone)]
 pub struct Host {
