@@ -4,7 +4,7 @@
 //! A connection goes through, in order:
 //!
 //! 1. the per-source rate limit ([`crate::limits::RateLimiter`]);
-//! 2. the half-open table ([`HalfOpen`], `max_half_open` entries). When it is full, the new
+//! 2. the half-open table (`max_half_open` entries). When it is full, the new
 //!    connection is not refused: the **oldest connection still waiting for its first frame**
 //!    is evicted to make room (or, if every entry has sent its HELLO, the oldest entry). An
 //!    honest device sends its HELLO at once and leaves the waiting state within one round
