@@ -786,3 +786,37 @@ async fn the_summary_comes_out_when_the_interval_ends_while_the_host_runs() {
     assert!(logged >= 2 && count >= 1 && logged as u64 + count <= 8, "{seen:#?}");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_hello_is_cut_at_the_first_frame_deadline() {
+    let mut config = host_config(trusted(1));
+    config.hello_timeout = Duration::from_millis(500);
+    let (host, addr, _telemetry, mut events) = start_tcp(config).await;
+    let from = loopback(12, 1);
+    let mut s = connect_from(from, addr).await.unwrap();
+    let start = Instant::now();
+    s.write_all(b"\x03\xff").await.unwrap(); // a 1023-byte HELLO announced...
+    let mut buf = [0u8; 16];
+    let cut = timeout(Duration::from_secs(4), async {
+        loop {
+            // ...and one byte of it every 100 ms: progress, but never a frame.
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+            if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let held = start.elapsed();
+    assert!(cut.is_ok(), "the host still held the connection after {held:?} (handshake timeout is 5 s)");
+    assert!(held >= Duration::from_millis(450), "cut at the deadline, not before: {held:?}");
+    let seen = collect_events(&mut events, Duration::from_secs(5), |s| {
+        s.iter().any(|e| e.kind == EventKind::TimerExpired { timer: Timer::Hello })
+    })
+    .await;
+    let e = seen.iter().find(|e| e.kind == EventKind::TimerExpired { timer: Timer::Hello });
+    assert_eq!(e.map(|e| e.source), Some(Some(from)), "{seen:#?}");
+    host.shutdown().await;
+}
