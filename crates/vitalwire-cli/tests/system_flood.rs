@@ -152,6 +152,23 @@ fn start_flood(
     })
 }
 
+/// The flood `sources * per_source` if this process may open `fds_each` descriptors per
+/// attacking connection (raising its soft limit if it can), else a flood sized down to what it
+/// may (said on stdout); never below 600 connections, enough to fill the host's 256 slots.
+fn size_to_fd_limit(sources: u32, per_source: u32, fds_each: u64) -> (u32, u32) {
+    let want = u64::from(sources * per_source);
+    let fds = raise_fd_limit(want * fds_each + 1_000);
+    let fit = fds.saturating_sub(1_000) / fds_each;
+    if fit >= want {
+        return (sources, per_source);
+    }
+    assert!(fit >= 600, "fd limit {fds}: too low for any meaningful flood");
+    let per_source = per_source.min((fit / u64::from(sources)).max(1) as u32);
+    let sources = sources.min((fit / u64::from(per_source)) as u32);
+    println!("fd limit {fds}: flood sized down to {sources} sources x {per_source} connections");
+    (sources, per_source)
+}
+
 /// The soft fd limit, raised towards `want` with prlimit(1) if needed.
 fn raise_fd_limit(want: u64) -> u64 {
     let read = || -> Option<(u64, u64)> {
@@ -198,9 +215,8 @@ fn honest_latencies_during_flood(
     per_source: u32,
 ) -> Vec<Duration> {
     let _turn = FLOODS.lock().unwrap_or_else(|p| p.into_inner());
+    let (sources, per_source) = size_to_fd_limit(sources, per_source, 1);
     let conns = u64::from(sources * per_source);
-    let fds = raise_fd_limit(conns + 1_000);
-    assert!(fds >= conns + 200, "fd limit {fds}: too low for a flood of {conns} connections");
     let mut s = setup(name, 6);
     let addr = s.host.tcp.unwrap();
     let stop = Arc::new(AtomicBool::new(false));

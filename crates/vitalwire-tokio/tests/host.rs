@@ -142,6 +142,23 @@ async fn connect_honest(
     }
 }
 
+/// The flood `sources * per_source` if this process may open `fds_each` descriptors per
+/// attacking connection (raising its soft limit if it can), else a flood sized down to what it
+/// may (said on stdout); never below 600 connections, enough to fill the host's 256 slots.
+fn size_to_fd_limit(sources: u32, per_source: u32, fds_each: u64) -> (u32, u32) {
+    let want = u64::from(sources * per_source);
+    let fds = raise_fd_limit(want * fds_each + 1_000);
+    let fit = fds.saturating_sub(1_000) / fds_each;
+    if fit >= want {
+        return (sources, per_source);
+    }
+    assert!(fit >= 600, "fd limit {fds}: too low for any meaningful flood");
+    let per_source = per_source.min((fit / u64::from(sources)).max(1) as u32);
+    let sources = sources.min((fit / u64::from(per_source)) as u32);
+    println!("fd limit {fds}: flood sized down to {sources} sources x {per_source} connections");
+    (sources, per_source)
+}
+
 /// Raises this process's soft file-descriptor limit to `want` (or the hard limit) and
 /// returns the soft limit now in force.
 fn raise_fd_limit(want: u64) -> u64 {
@@ -660,8 +677,8 @@ fn flood_tasks(
 /// returns their handshake latencies.
 async fn honest_latencies_during_flood(slowloris: bool, sources: u32, per_source: u32) -> Vec<Duration> {
     let _turn = HEAVY.lock().await;
-    let fds = raise_fd_limit(u64::from(sources * per_source) * 2 + 1_000);
-    assert!(fds >= u64::from(sources * per_source) * 2 + 200, "fd limit {fds} too low for the flood");
+    // Both ends of every attacking connection live in this process.
+    let (sources, per_source) = size_to_fd_limit(sources, per_source, 2);
     let (host, addr, _telemetry, mut events) = start_tcp(host_config(trusted(8))).await;
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     let stop = Arc::new(AtomicBool::new(false));
