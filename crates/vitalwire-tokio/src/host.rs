@@ -324,6 +324,7 @@ impl Host {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        start_event_ticker(&self.shared);
         let shared = self.shared.clone();
         self.shared.tasks.spawn(async move { run_connection(shared, stream, source).await });
     }
