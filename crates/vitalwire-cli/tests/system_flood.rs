@@ -280,6 +280,7 @@ fn one_flooding_source_writes_a_few_event_lines_and_every_refusal_is_counted() {
     let addr = s.host.tcp.unwrap();
     let from = loopback(80, 7);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let started = Instant::now();
     rt.block_on(async {
         let mut held = Vec::new();
         for i in 0..CONNECTIONS {
@@ -312,8 +313,14 @@ fn one_flooding_source_writes_a_few_event_lines_and_every_refusal_is_counted() {
     );
     assert_eq!(logged + counted, CONNECTIONS, "every refusal logged or counted: {mine:#?}");
     // Kinds: rate limit, frame too large, handshake failed (zero length): at most 10 lines each
-    // per 10 s interval and one summary each.
-    assert!(mine.len() <= 3 * 11 * 2, "{} lines: {mine:#?}", mine.len());
+    // per 10 s interval and one summary each (usually all in one interval; a slow machine may
+    // need more of them).
+    let intervals = started.elapsed().as_secs() / 10 + 2;
+    assert!(
+        mine.len() as u64 <= 3 * 11 * intervals,
+        "{} lines in {intervals} intervals: {mine:#?}",
+        mine.len()
+    );
     assert_eq!(mine.len(), events.len(), "every line names the source");
     assert!(mine.iter().any(|e| e["event"] == "limit_exceeded" && e["limit"] == "frame_too_large"));
     assert!(mine.iter().any(|e| e["event"] == "handshake_failed"));

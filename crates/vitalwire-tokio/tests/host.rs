@@ -495,12 +495,11 @@ async fn every_refusal_is_recorded_with_its_source_address() {
     let mut silent = Vec::new();
     for _ in 0..3 {
         silent.push(connect_from(evictor, addr).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    // A source over its rate limit (burst 20).
+    // A source over its rate limit (burst 20, 10/s).
     let flooder = loopback(9, 3);
     let mut held = Vec::new();
-    for _ in 0..25 {
+    for _ in 0..40 {
         held.push(connect_from(flooder, addr).await.unwrap());
     }
     // A trusted device whose established session is cut inside a frame: truncated (§2, §7.3).
