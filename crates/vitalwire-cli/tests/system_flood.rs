@@ -220,6 +220,7 @@ fn honest_latencies_during_flood(
     let mut s = setup(name, 6);
     let addr = s.host.tcp.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let flood_started = Instant::now();
     let flood =
         start_flood(addr, if slowloris { 60 } else { 70 }, sources, per_source, slowloris, stop.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -258,6 +259,18 @@ fn honest_latencies_during_flood(
     );
     s.host.proc.signal("INT");
     assert!(s.host.proc.wait_exit(Duration::from_secs(20)).is_some(), "the host shuts down");
+    let bytes = std::fs::metadata(&s.host.events).map(|m| m.len()).unwrap_or(0);
+    let events = s.host.events();
+    let summaries = events.iter().filter(|e| e["event"] == "events_suppressed").count();
+    let seconds = flood_started.elapsed().as_secs();
+    println!(
+        "event log after {seconds} s of flood: {} lines ({summaries} summaries), {bytes} bytes",
+        events.len()
+    );
+    // At most 1,000 lines per 10 s interval, plus one overflow summary per kind, plus the
+    // honest sessions' own lines.
+    let intervals = seconds / 10 + 2;
+    assert!(events.len() as u64 <= intervals * 1_050, "{} lines in {intervals} intervals", events.len());
     latencies
 }
 

@@ -81,6 +81,10 @@ pub struct HostConfig {
     pub events_per_interval: u32,
     /// The aggregation interval (default 10 s).
     pub event_interval: Duration,
+    /// Most event lines (events and per-source summaries) per interval, all sources together,
+    /// before the rest are only counted (default 1,000): a flood from many addresses cannot
+    /// flood the log either.
+    pub max_event_lines: u64,
 }
 
 impl HostConfig {
@@ -102,6 +106,7 @@ impl HostConfig {
             cookie_threshold: 64,
             events_per_interval: vitalwire::events::AGGREGATE_PER_INTERVAL,
             event_interval: Duration::from_millis(vitalwire::events::AGGREGATE_INTERVAL_MS),
+            max_event_lines: vitalwire::events::AGGREGATE_MAX_LINES,
         }
     }
 }
@@ -280,11 +285,14 @@ impl Host {
         let shared = Shared {
             half_open: HalfOpen::new(config.max_half_open),
             limiter: Mutex::new(RateLimiter::new(config.handshake_burst, config.handshake_rate, 65_536)),
-            aggregator: Mutex::new(EventAggregator::new(
-                config.events_per_interval,
-                u64::try_from(config.event_interval.as_millis()).unwrap_or(u64::MAX),
-                vitalwire::events::AGGREGATE_MAX_TRACKED,
-            )),
+            aggregator: Mutex::new(
+                EventAggregator::new(
+                    config.events_per_interval,
+                    u64::try_from(config.event_interval.as_millis()).unwrap_or(u64::MAX),
+                    vitalwire::events::AGGREGATE_MAX_TRACKED,
+                )
+                .max_lines_per_interval(config.max_event_lines),
+            ),
             ticker_started: AtomicBool::new(false),
             config,
             counters: Counters::default(),

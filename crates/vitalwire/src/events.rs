@@ -477,6 +477,9 @@ pub const AGGREGATE_PER_INTERVAL: u32 = 10;
 pub const AGGREGATE_INTERVAL_MS: u64 = 10_000;
 /// Most `(source, kind)` pairs an [`EventAggregator`] tracks at once (default).
 pub const AGGREGATE_MAX_TRACKED: usize = 4_096;
+/// Most lines (events and per-source summaries) an [`EventAggregator`] passes per interval,
+/// all sources together (default): a flood from many sources cannot flood the log either.
+pub const AGGREGATE_MAX_LINES: u64 = 1_000;
 
 type AggregateKey = (Option<IpAddr>, &'static str);
 
@@ -499,8 +502,14 @@ struct Window {
 /// closes: only a trusted, authenticated peer causes them) always pass.
 ///
 /// Memory is bounded: at most `max_tracked` groups. An event of a new group while the table
-/// is full is held back and counted per event name in one overflow summary per interval,
-/// with `"source": null`. Summaries waiting to be polled are bounded the same way.
+/// is full is held back and counted per kind in one overflow summary per interval, with
+/// `"source": null`. Summaries waiting to be polled are bounded the same way.
+///
+/// The log is bounded too: at most `max_lines` events and per-source summaries pass per
+/// interval, all sources together ([`EventAggregator::max_lines_per_interval`], default
+/// [`AGGREGATE_MAX_LINES`]); beyond that, events and summaries are folded into the overflow
+/// summaries. So a flood from many sources costs at most `max_lines` lines plus one line per
+/// kind per interval, and every occurrence is still counted.
 #[derive(Debug)]
 pub struct EventAggregator {
     per_interval: u64,
@@ -514,6 +523,9 @@ pub struct EventAggregator {
     overflow_end: Option<Timestamp>,
     ready: VecDeque<SecurityEvent>,
     suppressed_total: u64,
+    max_lines: u64,
+    lines_used: u64,
+    lines_end: Option<Timestamp>,
 }
 
 impl Default for EventAggregator {
@@ -537,6 +549,30 @@ impl EventAggregator {
             overflow_end: None,
             ready: VecDeque::new(),
             suppressed_total: 0,
+            max_lines: AGGREGATE_MAX_LINES,
+            lines_used: 0,
+            lines_end: None,
+        }
+    }
+
+    /// Sets the most lines passed per interval, all sources together (default
+    /// [`AGGREGATE_MAX_LINES`]).
+    pub fn max_lines_per_interval(mut self, max_lines: u64) -> Self {
+        self.max_lines = max_lines;
+        self
+    }
+
+    /// Takes one line from this interval's budget; `false` once it is spent.
+    fn take_line(&mut self) -> bool {
+        if self.lines_end.is_none_or(|end| end <= self.now) {
+            self.lines_end = Some(Timestamp(self.now.0.saturating_add(self.interval_ms)));
+            self.lines_used = 0;
+        }
+        if self.lines_used < self.max_lines {
+            self.lines_used += 1;
+            true
+        } else {
+            false
         }
     }
 
@@ -550,12 +586,12 @@ impl EventAggregator {
         let key = (event.source, event.kind.detailed_name());
         if let Some(w) = self.windows.get_mut(&key) {
             w.seen += 1;
-            if w.seen <= self.per_interval {
-                return Some(event);
+            if w.seen > self.per_interval {
+                w.suppressed += 1;
+                self.suppressed_total += 1;
+                return None;
             }
-            w.suppressed += 1;
-            self.suppressed_total += 1;
-            return None;
+            return self.within_budget(event, key.1);
         }
         if self.windows.len() >= self.max_tracked {
             self.hold_in_overflow(key.1, 1);
@@ -566,13 +602,23 @@ impl EventAggregator {
         self.order.push_back((Timestamp(start.0.saturating_add(self.interval_ms)), key));
         self.windows.insert(key, Window { start, seen: 1, suppressed: 0 });
         if self.per_interval >= 1 {
-            Some(event)
+            self.within_budget(event, key.1)
         } else {
             let w = self.windows.get_mut(&key).expect("just inserted");
             w.suppressed = 1;
             self.suppressed_total += 1;
             None
         }
+    }
+
+    /// The event if the interval's line budget allows, else counted in the overflow summary.
+    fn within_budget(&mut self, event: SecurityEvent, of: &'static str) -> Option<SecurityEvent> {
+        if self.take_line() {
+            return Some(event);
+        }
+        self.hold_in_overflow(of, 1);
+        self.suppressed_total += 1;
+        None
     }
 
     /// The next summary due at `now`, if any (poll until `None`).
@@ -635,8 +681,9 @@ impl EventAggregator {
             return;
         }
         debug_assert!(w.start <= at);
-        if self.ready.len() >= self.max_tracked {
-            // Nobody is draining summaries: fold this one into the overflow summary.
+        if self.ready.len() >= self.max_tracked || !self.take_line() {
+            // Over the line budget, or nobody is draining summaries: fold this one into the
+            // overflow summary.
             self.hold_in_overflow(key.1, w.suppressed);
             return;
         }
@@ -775,6 +822,31 @@ mod aggregator_tests {
         );
         assert_eq!(summaries[0].source, None);
         assert_eq!(passed as u64 + a.suppressed_total(), 10_000, "every event is logged or counted");
+    }
+
+    #[test]
+    fn a_flood_from_many_sources_is_bounded_by_the_line_budget() {
+        let mut a = EventAggregator::new(10, 1_000, 4_096).max_lines_per_interval(50);
+        let mut lines = 0u64;
+        for round in 0..5u64 {
+            for i in 0..2_000u32 {
+                let b = i.to_be_bytes();
+                lines += u64::from(a.admit(refusal([10, b[1], b[2], b[3]], 10 + round)).is_some());
+            }
+        }
+        assert_eq!(lines, 50, "the budget of the interval");
+        let summaries = drain(&mut a, 2_000);
+        let counted: u64 = summaries
+            .iter()
+            .map(|s| match s.kind {
+                EventKind::EventsSuppressed { count, .. } => count,
+                _ => 0,
+            })
+            .sum();
+        assert!(summaries.len() <= 2, "per-source summaries fold into one overflow line: {summaries:?}");
+        assert_eq!(lines + counted, 10_000, "every event is logged or counted");
+        // The next interval has a fresh budget.
+        assert!(a.admit(refusal([10, 0, 0, 1], 2_001)).is_some());
     }
 
     #[test]
