@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use vitalwire::keyfile;
@@ -99,7 +99,9 @@ fn reload_trust(store: &TrustStore, host: &Host, error: &mut Option<String>) -> 
         }
         Err(e) => {
             let text = e.to_string();
-            if error.as_deref() != Some(text.as_str()) {
+            // Once per episode: a file caught half-written by a tool that does not rename
+            // may read as damaged in different ways from one poll to the next.
+            if error.is_none() {
                 eprintln!(
                     "vitalwire host: cannot reload the trust store (keeping the last good list): {text}"
                 );
@@ -360,8 +362,9 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     config.validate()?;
     let (host, mut telemetry, mut events) = Host::new(config);
     if let Some(addr) = opts.tcp {
-        let listener =
-            TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on TCP {addr}: {e}"))?;
+        // A deep accept queue: a connection flood waits there instead of being dropped.
+        let listener = vitalwire_tokio::host::listen_tcp(addr)
+            .map_err(|e| format!("cannot listen on TCP {addr}: {e}"))?;
         eprintln!("vitalwire host: TCP {}", listener.local_addr().map_err(|e| e.to_string())?);
         let h = host.clone();
         tokio::spawn(async move { h.serve_tcp(listener).await });

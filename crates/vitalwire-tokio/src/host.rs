@@ -9,7 +9,7 @@
 //! devices down (TCP backpressure) instead of losing frames.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,17 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 use tokio_util::task::TaskTracker;
 use vitalwire::hello::MAX_HANDSHAKE_FRAME_LEN;
 use vitalwire::{
-    CloseCode, Error, EventKind, Fingerprint, Handshake, HandshakeError, Incoming, Limit, ResponderConfig,
-    SecurityEvent, Timer, TimerConfig, Timestamp, TrustPolicy,
+    CloseCode, Error, EventAggregator, EventKind, Fingerprint, HandshakeError, Incoming, Limit,
+    ResponderConfig, SecurityEvent, TimerConfig, Timestamp, TrustPolicy,
 };
 
+use crate::admission::HalfOpen;
 use crate::clock;
 use crate::codec::{FrameCodec, LinkError};
 use crate::limits::RateLimiter;
@@ -64,6 +65,9 @@ pub struct HostConfig {
     pub max_sessions: usize,
     /// Time allowed for a handshake, key confirmation included (default 5 s, spec §7.4).
     pub handshake_timeout: Duration,
+    /// Time a new connection gets to deliver its first complete frame, the HELLO (default 2 s;
+    /// see [`crate::admission`]).
+    pub hello_timeout: Duration,
     /// Handshakes a source address may start at once (default 20).
     pub handshake_burst: u32,
     /// Handshakes per second a source address may start after its burst (default 10).
@@ -78,6 +82,16 @@ pub struct HostConfig {
     pub write_timeout: Duration,
     /// UDP: half-open handshakes above which HELLOs must carry a cookie (default 64).
     pub cookie_threshold: usize,
+    /// Security events of one kind from one source address logged per
+    /// `event_interval` before the rest are only counted, in one `events_suppressed` event per
+    /// interval (default 10; see [`vitalwire::EventAggregator`]).
+    pub events_per_interval: u32,
+    /// The aggregation interval (default 10 s).
+    pub event_interval: Duration,
+    /// Most event lines (events and per-source summaries) per interval, all sources together,
+    /// before the rest are only counted (default 1,000): a flood from many addresses cannot
+    /// flood the log either.
+    pub max_event_lines: u64,
 }
 
 impl HostConfig {
@@ -89,6 +103,7 @@ impl HostConfig {
             max_half_open: 256,
             max_sessions: 10_000,
             handshake_timeout: Duration::from_millis(vitalwire::handshake::DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            hello_timeout: Duration::from_secs(2),
             handshake_burst: 20,
             handshake_rate: 10.0,
             timers: TimerConfig::default(),
@@ -96,6 +111,9 @@ impl HostConfig {
             event_buffer: 4096,
             write_timeout: Duration::from_secs(10),
             cookie_threshold: 64,
+            events_per_interval: vitalwire::events::AGGREGATE_PER_INTERVAL,
+            event_interval: Duration::from_millis(vitalwire::events::AGGREGATE_INTERVAL_MS),
+            max_event_lines: vitalwire::events::AGGREGATE_MAX_LINES,
         }
     }
 
@@ -182,8 +200,10 @@ pub struct HostStats {
 pub(crate) struct Shared {
     pub config: HostConfig,
     pub counters: Counters,
-    pub half_open: Arc<Semaphore>,
+    pub half_open: HalfOpen,
     pub limiter: Mutex<RateLimiter>,
+    pub aggregator: Mutex<EventAggregator>,
+    pub ticker_started: AtomicBool,
     pub telemetry: mpsc::Sender<Telemetry>,
     pub events: mpsc::Sender<SecurityEvent>,
     pub shutdown: watch::Sender<bool>,
@@ -193,14 +213,48 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Records an event, through the aggregator (a flood from one source becomes a count).
     pub fn event(&self, e: SecurityEvent) {
+        let now = e.time;
+        let mut agg = self.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = agg.admit(e) {
+            self.send_event(e);
+        }
+        while let Some(summary) = agg.poll_summary(now) {
+            self.send_event(summary);
+        }
+    }
+
+    fn send_event(&self, e: SecurityEvent) {
         if self.events.try_send(e).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Emits the aggregator's summaries that are due (with `flush`: ends every interval
+    /// first); returns when the next is due.
+    pub fn emit_summaries(&self, flush: bool) -> Option<Timestamp> {
+        let now = now_ts();
+        let mut agg = self.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+        if flush {
+            agg.flush(now);
+        }
+        while let Some(summary) = agg.poll_summary(now) {
+            self.send_event(summary);
+        }
+        agg.poll_timeout()
+    }
+
+    /// An event raised by the adapter with no address to name (kept for callers outside
+    /// the connection paths, which all use [`Shared::source_event`]).
+    #[allow(dead_code)]
     pub fn host_event(&self, kind: EventKind) {
-        self.event(SecurityEvent::new(kind, now_ts(), None, None));
+        self.source_event(kind, None);
+    }
+
+    /// An event raised by the adapter about a connection or packet from `source`.
+    pub fn source_event(&self, kind: EventKind, source: Option<IpAddr>) {
+        self.event(SecurityEvent::new(kind, now_ts(), None, None).from_source(source));
     }
 
     /// Sessions open now, TCP and UDP together.
@@ -241,10 +295,52 @@ impl Shared {
         let allowed = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, Instant::now());
         if !allowed {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            self.host_event(EventKind::LimitExceeded { limit: Limit::HandshakeRate });
+            self.source_event(EventKind::LimitExceeded { limit: Limit::HandshakeRate }, source);
         }
         allowed
     }
+}
+
+/// Emits the event aggregator's summaries when their intervals end, until shutdown (or until
+/// the host is dropped: the ticker holds only a weak reference).
+pub(crate) fn start_event_ticker(shared: &Arc<Shared>) {
+    if shared.ticker_started.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let mut stop = shared.shutdown.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let Some(shared) = weak.upgrade() else { return };
+            let next = shared.emit_summaries(false);
+            drop(shared);
+            let wait = next.map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis(at.0.saturating_sub(now_ts().0))
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1))
+            });
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
+}
+
+/// The accept queue [`listen_tcp`] asks for (the kernel caps it, on Linux at
+/// `net.core.somaxconn`, 4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener for [`Host::serve_tcp`] with a deep accept queue ([`LISTEN_BACKLOG`]
+/// rather than the usual 1024): under a connection flood, connections wait there while the
+/// host catches up, instead of being dropped by the kernel (which costs an honest device a
+/// SYN retransmission, a second or more).
+pub fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A host serving devices. Cheap to clone; all clones are the same host.
@@ -260,8 +356,17 @@ impl Host {
         let (telemetry, telemetry_rx) = mpsc::channel(config.telemetry_buffer.max(1));
         let (events, events_rx) = mpsc::channel(config.event_buffer.max(1));
         let shared = Shared {
-            half_open: Arc::new(Semaphore::new(config.max_half_open)),
+            half_open: HalfOpen::new(config.max_half_open),
             limiter: Mutex::new(RateLimiter::new(config.handshake_burst, config.handshake_rate, 65_536)),
+            aggregator: Mutex::new(
+                EventAggregator::new(
+                    config.events_per_interval,
+                    u64::try_from(config.event_interval.as_millis()).unwrap_or(u64::MAX),
+                    vitalwire::events::AGGREGATE_MAX_TRACKED,
+                )
+                .max_lines_per_interval(config.max_event_lines),
+            ),
+            ticker_started: AtomicBool::new(false),
             config,
             counters: Counters::default(),
             telemetry,
@@ -276,6 +381,7 @@ impl Host {
 
     /// Accepts TCP connections until [`Host::shutdown`].
     pub async fn serve_tcp(&self, listener: TcpListener) -> std::io::Result<()> {
+        start_event_ticker(&self.shared);
         let mut stop = self.shared.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -299,6 +405,7 @@ impl Host {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        start_event_ticker(&self.shared);
         let shared = self.shared.clone();
         self.shared.tasks.spawn(async move { run_connection(shared, stream, source).await });
     }
@@ -318,6 +425,8 @@ impl Host {
         let _ = self.shared.shutdown.send(true);
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        // Every connection has recorded its last events: end the aggregation intervals.
+        self.shared.emit_summaries(true);
     }
 
     /// The counters now.
@@ -359,6 +468,7 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     framed: &mut Framed<S, FrameCodec>,
     out: &mut BytesMut,
+    source: Option<IpAddr>,
 ) -> bool {
     if out.is_empty() {
         return true;
@@ -368,41 +478,8 @@ async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            shared.host_event(EventKind::LimitExceeded { limit: Limit::WriteTimeout });
+            shared.source_event(EventKind::LimitExceeded { limit: Limit::WriteTimeout }, source);
             false
-        }
-    }
-}
-
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<S, FrameCodec>,
-    hs: &mut Handshake,
-) -> Result<(), Error> {
-    let mut out = BytesMut::new();
-    loop {
-        while hs.wants_write() {
-            let r = hs.write_message(&mut out);
-            let _ = framed.send(out.split().freeze()).await;
-            r?;
-            if let Some(e) = hs.error() {
-                return Err(e);
-            }
-        }
-        if hs.is_finished() {
-            return Ok(());
-        }
-        match framed.next().await {
-            Some(Ok(frame)) => {
-                if let Err(e) = hs.read_message(&frame) {
-                    if hs.wants_write() {
-                        let _ = hs.write_message(&mut out);
-                        let _ = framed.send(out.split().freeze()).await;
-                    }
-                    return Err(e);
-                }
-            }
-            Some(Err(e)) => return Err(e.into_protocol()),
-            None => return Err(Error::Truncated),
         }
     }
 }
@@ -438,11 +515,12 @@ async fn on_frame(
 /// (before `deadline`, the handshake's); until then the caller keeps its half-open slot.
 /// Returns that first frame, opened (`None` when the handshake itself confirmed the session:
 /// XX), or `Err` when the connection must end (its events recorded).
-async fn confirm<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn confirm<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     framed: &mut Framed<S, FrameCodec>,
     session: &mut vitalwire::Session,
     deadline: tokio::time::Instant,
+    source: Option<IpAddr>,
 ) -> Result<Option<Result<Incoming, Error>>, ()> {
     // The device's first frame may already be as large as the session allows.
     framed.codec_mut().set_max_frame_len(session.max_frame_len());
@@ -463,7 +541,7 @@ async fn confirm<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(Some(first));
     }
     while let Some(e) = session.poll_event(now_ts()) {
-        shared.event(e);
+        shared.event(e.from_source(source));
     }
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
     Err(())
@@ -498,48 +576,19 @@ where
     // Subscribed before the handshake: a trust change while it runs (after the policy was
     // asked) still re-checks the session as soon as it is established.
     let mut trust = shared.trust_epoch.subscribe();
-    if *stop.borrow() || !shared.allow_handshake(source) {
+    if *stop.borrow() {
         return;
     }
-    let Ok(permit) = shared.half_open.clone().try_acquire_owned() else {
-        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        shared.host_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes });
-        return;
-    };
-    let half_open = Gauge::up(&shared.counters.half_open);
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME_LEN));
-    let Ok(mut hs) = Handshake::responder((shared.config.responder)()) else { return };
-    // One deadline for the handshake and, in IK/KK, its key confirmation (spec §4.8).
-    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
-    let result = match tokio::time::timeout_at(deadline, handshake(&mut framed, &mut hs)).await {
-        Ok(r) => r,
-        Err(_) => {
-            shared.event(SecurityEvent::new(
-                EventKind::TimerExpired { timer: Timer::Handshake },
-                now_ts(),
-                None,
-                None,
-            ));
-            Err(Error::Handshake(HandshakeError::Timeout))
-        }
-    };
-    while let Some(e) = hs.poll_event(now_ts()) {
-        shared.event(e);
-    }
-    if result.is_err() {
-        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    let Some((mut session, first)) = crate::admission::handshake(&shared, &mut framed, source).await else {
         return;
-    }
-    let Ok(mut session) = hs.into_session() else { return };
-    let Ok(first) = confirm(&shared, &mut framed, &mut session, deadline).await else { return };
-    drop(half_open);
-    drop(permit);
+    };
     let mut out = BytesMut::new();
     if shared.open_sessions() >= shared.config.max_sessions {
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        shared.host_event(EventKind::LimitExceeded { limit: Limit::Sessions });
+        shared.source_event(EventKind::LimitExceeded { limit: Limit::Sessions }, source);
         let _ = session.close(CloseCode::GOING_AWAY, &mut out);
-        let _ = write_all(&shared, &mut framed, &mut out).await;
+        let _ = write_all(&shared, &mut framed, &mut out, source).await;
         return;
     }
     let _open = Gauge::up(&shared.counters.sessions);
@@ -559,9 +608,9 @@ where
         let done = deliver(&shared, first, id, &device_id, peer).await;
         session.poll_transmit(&mut out);
         while let Some(e) = session.poll_event(now_ts()) {
-            shared.event(e);
+            shared.event(e.from_source(source));
         }
-        if !write_all(&shared, &mut framed, &mut out).await || done || session.is_closed() {
+        if !write_all(&shared, &mut framed, &mut out, source).await || done || session.is_closed() {
             return;
         }
     }
@@ -607,14 +656,14 @@ where
         }
         session.poll_transmit(&mut out);
         while let Some(e) = session.poll_event(now_ts()) {
-            shared.event(e);
+            shared.event(e.from_source(source));
         }
-        let written = write_all(&shared, &mut framed, &mut out).await;
+        let written = write_all(&shared, &mut framed, &mut out, source).await;
         if done || !written || session.is_closed() {
             break;
         }
     }
     while let Some(e) = session.poll_event(now_ts()) {
-        shared.event(e);
+        shared.event(e.from_source(source));
     }
 }

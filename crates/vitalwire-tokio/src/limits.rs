@@ -1,49 +1,87 @@
 //! Protection of the host in front of the Diffie-Hellman work: a per-source handshake rate
 //! limiter (token buckets in a bounded table) and a cookie for UDP under load.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 /// Per-source token buckets: `burst` handshakes at once, refilled at `per_second`.
+///
+/// The table holds at most `max_sources` addresses. A new address while it is full takes the
+/// place of the least recently seen one, which is the one whose bucket is fullest (forgetting
+/// it only ever errs on the side of admitting). Each call costs O(log n): the buckets are
+/// indexed by address and, in a second map, by the time they were last seen, so finding the
+/// one to forget is a look at the first entry, not a scan of the table.
 #[derive(Debug)]
 pub struct RateLimiter {
     burst: f64,
     per_second: f64,
     max_sources: usize,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
+    buckets: HashMap<IpAddr, Bucket>,
+    /// `(last seen, sequence)` → address: the least recently seen first.
+    by_age: BTreeMap<(Instant, u64), IpAddr>,
+    sequence: u64,
+    #[cfg(test)]
+    visited: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    sequence: u64,
 }
 
 impl RateLimiter {
-    /// A limiter remembering at most `max_sources` addresses (the least recently refilled are
-    /// forgotten first, which only ever errs on the side of admitting).
+    /// A limiter remembering at most `max_sources` addresses (at least 1).
     pub fn new(burst: u32, per_second: f64, max_sources: usize) -> Self {
-        RateLimiter { burst: burst as f64, per_second, max_sources, buckets: HashMap::new() }
+        RateLimiter {
+            burst: burst as f64,
+            per_second,
+            max_sources: max_sources.max(1),
+            buckets: HashMap::new(),
+            by_age: BTreeMap::new(),
+            sequence: 0,
+            #[cfg(test)]
+            visited: 0,
+        }
     }
 
     /// Whether `source` may start a handshake now.
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        if self.buckets.len() >= self.max_sources && !self.buckets.contains_key(&source) {
-            // Forget buckets that have refilled completely; if none has, the oldest.
-            let full = self.burst / self.per_second.max(f64::MIN_POSITIVE);
-            self.buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full);
-            if self.buckets.len() >= self.max_sources {
-                if let Some(oldest) = self.buckets.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                    self.buckets.remove(&oldest);
-                }
+        let bucket = match self.buckets.get(&source) {
+            Some(b) => {
+                self.by_age.remove(&(b.last, b.sequence));
+                let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+                Bucket { tokens: (b.tokens + elapsed * self.per_second).min(self.burst), ..*b }
             }
+            None => {
+                if self.buckets.len() >= self.max_sources {
+                    if let Some((_, oldest)) = self.by_age.pop_first() {
+                        #[cfg(test)]
+                        {
+                            self.visited += 1;
+                        }
+                        self.buckets.remove(&oldest);
+                    }
+                }
+                Bucket { tokens: self.burst, last: now, sequence: 0 }
+            }
+        };
+        self.sequence += 1;
+        // Time never goes back for a bucket (callers on several threads may pass instants
+        // slightly out of order).
+        let last = now.max(bucket.last);
+        let mut bucket = Bucket { last, sequence: self.sequence, ..bucket };
+        let allowed = bucket.tokens >= 1.0;
+        if allowed {
+            bucket.tokens -= 1.0;
         }
-        let (tokens, last) = self.buckets.entry(source).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets.insert(source, bucket);
+        self.by_age.insert((last, self.sequence), source);
+        allowed
     }
 
     /// Sources currently tracked (bounded by `max_sources`).
@@ -115,6 +153,36 @@ mod tests {
             r.allow(IpAddr::from([192, 0, 2, i]), t);
             assert!(r.tracked() <= 10);
         }
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_least_recently_seen_source_in_one_step() {
+        // #14.10: with the table full of buckets that have not refilled, each new source
+        // used to cost a scan of the whole table (twice). Now it is one look at the oldest.
+        let n = 10_000;
+        let mut r = RateLimiter::new(3, 1.0, n);
+        let t = Instant::now();
+        for i in 0..n as u32 {
+            let b = i.to_be_bytes();
+            assert!(r.allow(IpAddr::from([10, b[1], b[2], b[3]]), t));
+        }
+        let keep: IpAddr = "10.0.0.0".parse().unwrap();
+        assert!(r.allow(keep, t + Duration::from_millis(1))); // seen again: now the newest
+        r.visited = 0;
+        for i in 0..1_000u32 {
+            let b = i.to_be_bytes();
+            r.allow(IpAddr::from([172, b[1], b[2], b[3]]), t + Duration::from_millis(2));
+            assert_eq!(r.tracked(), n);
+        }
+        assert_eq!(r.visited, 1_000, "one bucket looked at (and forgotten) per new source");
+        // The ones forgotten were the least recently seen, not the source seen again.
+        assert!(r.buckets.contains_key(&keep));
+        assert!(!r.buckets.contains_key(&IpAddr::from([10, 0, 0, 1])));
+        assert!(r.buckets.contains_key(&IpAddr::from([10, 0, 3, 233]))); // #1001 of the first batch
+        let spent: IpAddr = "10.0.0.0".parse().unwrap();
+        assert!(r.allow(spent, t + Duration::from_millis(3)));
+        assert!(!r.allow(spent, t + Duration::from_millis(3)), "its bucket (3) was kept, now empty");
+        assert_eq!(r.by_age.len(), r.buckets.len());
     }
 
     #[test]

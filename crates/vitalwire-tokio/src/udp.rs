@@ -38,6 +38,7 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
     let shared = host.shared.clone();
     // Counted by the host's task tracker: `Host::shutdown` waits until the CLOSEs are out.
     let _running = shared.tasks.token();
+    crate::host::start_event_ticker(&shared);
     let factory = shared.config.responder.clone();
     let config = DatagramConfig { timers: shared.config.timers, ..DatagramConfig::default() };
     let limits =
@@ -52,12 +53,14 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
         // Timers and stamps on the monotonic clock: a wall-clock step neither fires nor
         // freezes a session's timers.
         let deadline = dh.poll_timeout();
+        // The address of the packet handled in this turn: the events it causes name it.
+        let mut source = None;
         tokio::select! {
             _ = crate::host::stopped(&mut stop) => {
                 for index in dh.session_indices() {
                     let _ = dh.close(index, CloseCode::GOING_AWAY, monotonic());
                 }
-                flush(&mut dh, &socket, &shared).await;
+                flush(&mut dh, &socket, &shared, None).await;
                 break Ok(());
             }
             _ = trust.changed() => {
@@ -70,6 +73,7 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
             }
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
+                source = Some(from.ip());
                 let packet = &buf[..n];
                 let now = monotonic();
                 match packet.first() {
@@ -85,7 +89,7 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
                                 reply.extend_from_slice(&packet[1..5]);
                                 reply.extend_from_slice(&jar.cookie(&from, Instant::now()));
                                 let _ = socket.send_to(&reply, from).await;
-                                shared.host_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes });
+                                shared.source_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes }, Some(from.ip()));
                             }
                             continue;
                         }
@@ -93,10 +97,13 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
                     }
                     Some(&TYPE_COOKIE_HELLO) => {
                         let valid = n > 1 + COOKIE_LEN && jar.check(&packet[1..1 + COOKIE_LEN], &from, Instant::now());
-                        if valid && shared.allow_handshake(Some(from.ip())) {
-                            let _ = dh.handle_packet(from, BytesMut::from(&packet[1 + COOKIE_LEN..]), now);
-                        } else {
+                        if !valid {
+                            // A forged or expired cookie: refused, and recorded.
                             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                            let reason = Error::Handshake(vitalwire::HandshakeError::AuthenticationFailed);
+                            shared.source_event(EventKind::HandshakeFailed { reason }, Some(from.ip()));
+                        } else if shared.allow_handshake(Some(from.ip())) {
+                            let _ = dh.handle_packet(from, BytesMut::from(&packet[1 + COOKIE_LEN..]), now);
                         }
                     }
                     _ => {
@@ -105,7 +112,7 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
                 }
             }
         }
-        flush(&mut dh, &socket, &shared).await;
+        flush(&mut dh, &socket, &shared, source).await;
         shared.counters.udp_sessions.store(dh.session_count(), Ordering::Relaxed);
         shared.counters.udp_half_open.store(dh.half_open_count(), Ordering::Relaxed);
     };
@@ -114,12 +121,17 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
     result
 }
 
-async fn flush(dh: &mut DatagramHost<SocketAddr>, socket: &UdpSocket, shared: &crate::host::Shared) {
+async fn flush(
+    dh: &mut DatagramHost<SocketAddr>,
+    socket: &UdpSocket,
+    shared: &crate::host::Shared,
+    source: Option<std::net::IpAddr>,
+) {
     while let Some((to, p)) = dh.poll_transmit() {
         let _ = socket.send_to(&p, to).await;
     }
     while let Some(e) = dh.poll_event() {
-        shared.event(e);
+        shared.event(e.from_source(source));
     }
     while let Some(inc) = dh.poll_incoming() {
         if let Incoming::Data { channel, payload } = inc.incoming {

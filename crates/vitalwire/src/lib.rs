@@ -114,7 +114,9 @@ pub mod x25519;
 pub use connection::{Connection, ConnectionState};
 pub use error::DropReason;
 pub use error::{DecodeError, Error, HandshakeError, KeyError, ProtocolError, RejectReason};
-pub use events::{Direction, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timer, Timestamp};
+pub use events::{
+    Direction, EventAggregator, EventKind, Limit, SecurityCounters, SecurityEvent, Severity, Timer, Timestamp,
+};
 pub use frame::{CloseCode, FrameKind};
 pub use handshake::{Handshake, InitiatorConfig, PskDirectory, ResponderConfig, Role, StaticPskDirectory};
 #[cfg(feature = "std")]

@@ -742,8 +742,13 @@ impl Session {
 
     /// Tells the session the stream decoder rejected the input (a length above the limit, a
     /// zero length, a stream cut inside a frame): the session fails with that error, records
-    /// the event and queues the CLOSE it maps to.
+    /// the event and queues the CLOSE it maps to. A stream cut inside a frame is reported as
+    /// [`Error::Truncated`] with a `truncated` event, like [`Session::handle_eof`].
     pub fn handle_decode_error(&mut self, e: DecodeError) -> Error {
+        if let (DecodeError::IncompleteFrame { .. }, State::Open | State::LocalClosed) = (e, self.state) {
+            // §2, §7.3: a stream that ends inside a frame is truncated, not malformed.
+            return self.handle_eof().err().unwrap_or(Error::Truncated);
+        }
         if let DecodeError::FrameTooLarge { .. } = e {
             self.events.push(EventKind::LimitExceeded { limit: Limit::FrameTooLarge });
         }
