@@ -27,7 +27,7 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 
 use crate::cipher;
-use crate::error::{DecodeError, Error, HandshakeError, RejectReason};
+use crate::error::{DecodeError, DropReason, Error, HandshakeError, RejectReason};
 use crate::events::{EventKind, EventQueue, SecurityCounters, SecurityEvent, Timestamp};
 use crate::frame::{CloseCode, FrameHeader, FrameKind};
 use crate::hello::{self, HandshakeFrame, MAX_HANDSHAKE_FRAME_LEN, MAX_HINT_LEN, TYPE_HANDSHAKE};
@@ -370,6 +370,21 @@ pub struct Handshake {
     events: EventQueue,
     deadline: Option<Timestamp>,
     timeout_ms: u64,
+    /// Datagram mode (spec §13): the peer's session index (a refusal CLOSE is framed as a
+    /// transport packet addressed to it) and, at a responder, what it takes to rebuild the
+    /// Noise state after a forged message 3.
+    datagram: Option<DatagramState>,
+}
+
+/// Datagram mode, responder: snow restores its hash and chaining key when a message fails
+/// to authenticate, but not its cipher key. A forged message 3 (XX, XXpsk3) whose first
+/// token decrypts and whose payload does not leaves the cipher re-keyed, so the genuine
+/// message 3 would fail. The responder keeps its ephemeral key and the HELLO to rebuild the
+/// state after message 2 (deterministic: same keys, same bytes) when that happens.
+struct DatagramState {
+    peer_index: u32,
+    ephemeral: Option<PrivateKey>,
+    hello: Vec<u8>,
 }
 
 /// Default time allowed for a handshake.
@@ -405,6 +420,7 @@ impl Handshake {
             events: EventQueue::default(),
             deadline: None,
             timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            datagram: None,
         }
     }
 
@@ -742,6 +758,21 @@ impl Handshake {
             }
             chosen = found.ok_or(HandshakeError::AuthenticationFailed)?;
         }
+        let mut entropy = c.entropy.take();
+        let mut ephemeral = c.fixed_ephemeral.clone();
+        if let (Some(d), None) = (self.datagram.as_mut(), &ephemeral) {
+            // Datagram mode: draw the ephemeral key here (from the same source snow would
+            // use) so that the state can be rebuilt after a forged message 3.
+            let mut e = zeroize::Zeroizing::new([0u8; 32]);
+            let source = match entropy.as_mut() {
+                Some(source) => source.fill(&mut e[..]),
+                None => default_entropy()?.fill(&mut e[..]),
+            };
+            source.map_err(|_| HandshakeError::NoEntropy)?;
+            ephemeral = Some(PrivateKey::from_bytes(*e));
+            d.hello = h.header.to_vec();
+            d.hello.extend_from_slice(h.noise);
+        }
         let state = noise::build(NoiseSetup {
             x25519: c.x25519,
             ..setup(
@@ -750,10 +781,13 @@ impl Handshake {
                 candidates[chosen],
                 remote.as_ref(),
                 psk.as_ref(),
-                c.entropy.take(),
-                c.fixed_ephemeral.as_ref(),
+                entropy,
+                ephemeral.as_ref(),
             )
         })?;
+        if let Some(d) = self.datagram.as_mut() {
+            d.ephemeral = ephemeral;
+        }
         self.noise = Some(state);
         self.profile = Some(profile);
         self.suite = Some(suite);
@@ -764,19 +798,24 @@ impl Handshake {
     }
 
     fn read_noise(&mut self, message: &[u8]) -> Result<(), Error> {
-        let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
         let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
         let mut payload = vec![0u8; message.len()];
         let n = noise.read_message(message, &mut payload).map_err(noise::map_err)?;
         payload.truncate(n);
+        self.read_payload(&payload)
+    }
+
+    /// What follows a Noise message that authenticated: its payload.
+    fn read_payload(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
         if let Some(key) = self.remote_static() {
             self.events.peer = Some(key.fingerprint());
         }
         match self.role() {
-            Role::Responder if self.index == Self::identity_index(profile) => self.read_identity(&payload),
+            Role::Responder if self.index == Self::identity_index(profile) => self.read_identity(payload),
             Role::Responder if !payload.is_empty() => {
                 // XX/XXpsk3 message 1 may carry a pairing commitment and nothing else.
-                let commitment = payload::decode_pairing_commitment(&payload)?;
+                let commitment = payload::decode_pairing_commitment(payload)?;
                 let Side::Responder(c) = &self.side else { unreachable!() };
                 if !c.allow_pairing {
                     return Err(
@@ -787,7 +826,7 @@ impl Handshake {
                 Ok(())
             }
             Role::Responder => Ok(()),
-            Role::Initiator => self.read_params(&payload),
+            Role::Initiator => self.read_params(payload),
         }
     }
 
@@ -851,6 +890,10 @@ impl Handshake {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
         let mut finished = noise::finish(state, suite, self.cipher_backend())?;
+        if let Some(d) = &self.datagram {
+            // Datagram mode: the responder's first transport packet (counter 0, §13.3).
+            return Ok(crate::datagram::seal_first_close(&finished.tx, d.peer_index, code));
+        }
         let mut body = FrameHeader::new(FrameKind::CLOSE, 0).encode().to_vec();
         body.extend_from_slice(&code.0.to_be_bytes());
         let tag = finished.tx.seal_in_place(&[], &mut body)?;
@@ -863,6 +906,110 @@ impl Handshake {
             Side::Initiator(c) => c.cipher,
             Side::Responder(c) => c.cipher,
         }
+    }
+
+    /// Datagram mode (spec §13.3): frames a refusal CLOSE as a transport packet addressed to
+    /// `peer_index`, and (responder) keeps what it takes to survive a forged message 3.
+    pub(crate) fn for_datagrams(mut self, peer_index: u32) -> Self {
+        self.datagram = Some(DatagramState { peer_index, ephemeral: None, hello: Vec::new() });
+        self
+    }
+
+    /// Datagram mode (spec §13.3): reads a handshake body from a link where anyone can inject
+    /// packets. A body that does not parse or fails Noise authentication is dropped with an
+    /// `authentication_failure` event ([`Error::Dropped`]) and the handshake goes on as if it
+    /// had not arrived. A REJECT (unauthenticated) is returned as
+    /// [`HandshakeError::Rejected`] without ending the handshake: the caller treats it as a
+    /// hint. Failures after authentication (refusal by trust, bad parameters) are fatal.
+    pub(crate) fn read_datagram_message(&mut self, frame: &[u8]) -> Result<(), Error> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if self.noise.is_none() || self.is_finished() || self.wants_write() {
+            return Err(Error::Dropped(DropReason::UnexpectedHandshake));
+        }
+        let message = match HandshakeFrame::decode(frame) {
+            Ok(HandshakeFrame::Message(m)) => m,
+            Ok(HandshakeFrame::Reject { reason, .. })
+                if self.role() == Role::Initiator && self.index == 1 =>
+            {
+                return Err(HandshakeError::Rejected(reason).into());
+            }
+            Ok(_) => return Err(Error::Dropped(DropReason::UnexpectedHandshake)),
+            Err(_) => {
+                self.events.push(EventKind::AuthenticationFailure);
+                return Err(Error::Dropped(DropReason::Malformed));
+            }
+        };
+        let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
+        let mut payload = vec![0u8; message.len()];
+        let read = noise.read_message(message, &mut payload);
+        let Ok(n) = read else {
+            self.events.push(EventKind::AuthenticationFailure);
+            if self.role() == Role::Responder {
+                if let Err(e) = self.rebuild_after_message_2() {
+                    return Err(self.fail(e));
+                }
+            }
+            return Err(Error::Dropped(DropReason::AuthenticationFailed));
+        };
+        payload.truncate(n);
+        match self.read_payload(&payload) {
+            Ok(()) => {
+                self.index += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Datagram mode, responder waiting for message 3: rebuilds the Noise state as it was
+    /// after message 2 from the HELLO and the ephemeral key (no randomness needed), and checks
+    /// that it is: the handshake hash must equal `h2`.
+    fn rebuild_after_message_2(&mut self) -> Result<(), Error> {
+        let (Some(d), Side::Responder(c), Some(h2)) = (&self.datagram, &self.side, self.h2) else {
+            return Ok(());
+        };
+        if self.index != 2 {
+            return Ok(());
+        }
+        let Ok(HandshakeFrame::Hello(h)) = HandshakeFrame::decode(&d.hello) else {
+            return Err(HandshakeError::Noise.into());
+        };
+        let (profile, suite, remote, psk) = accept_hello(c, &h).map_err(|(_, e)| e)?;
+        let prologue = hello::prologue(h.header);
+        let name = noise::protocol_name(profile, suite);
+        let mut state = noise::build(NoiseSetup {
+            protocol_name: &name,
+            initiator: false,
+            prologue: &prologue,
+            local: &c.keypair,
+            x25519: c.x25519,
+            remote: remote.as_ref(),
+            psk: psk.as_ref().map(|k| (3, k)),
+            fixed_ephemeral: d.ephemeral.as_ref(),
+            entropy: Some(Box::new(NoEntropy)),
+        })?;
+        let mut scratch = vec![0u8; MAX_HANDSHAKE_FRAME_LEN];
+        state.read_message(h.noise, &mut scratch).map_err(noise::map_err)?;
+        state.write_message(&c.params.encode()?, &mut scratch).map_err(noise::map_err)?;
+        if state.get_handshake_hash().get(..32) != Some(&h2[..]) {
+            return Err(HandshakeError::Noise.into());
+        }
+        self.noise = Some(state);
+        Ok(())
+    }
+
+    /// Datagram mode, initiator: ends the handshake because a REJECT was the only answer
+    /// until the deadline (spec §13.3).
+    pub(crate) fn fail_rejected(&mut self, reason: RejectReason) -> Error {
+        self.events.push(EventKind::TimerExpired { timer: crate::events::Timer::Handshake });
+        self.fail(HandshakeError::Rejected(reason))
+    }
+
+    /// Records a security event (datagram mode: a forged packet seen by the handshake).
+    pub(crate) fn record(&mut self, kind: EventKind) {
+        self.events.push(kind);
     }
 
     /// Consumes the finished handshake into a stream [`Session`].
