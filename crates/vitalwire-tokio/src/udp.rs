@@ -146,12 +146,13 @@ impl UdpDevice {
         let socket = UdpSocket::bind(bind).await.map_err(|_| Error::Config("cannot bind a UDP socket"))?;
         socket.connect(host).await.map_err(|_| Error::Config("cannot reach the host address"))?;
         let mut index = [0u8; 4];
-        let _ = vitalwire::EntropySource::fill(&mut OsEntropy, &mut index);
+        vitalwire::EntropySource::fill(&mut OsEntropy, &mut index)
+            .map_err(|_| Error::Handshake(vitalwire::HandshakeError::NoEntropy))?;
         let local_index = u32::from_be_bytes(index).max(1);
         let client = DatagramClient::new(config, local_index, dconfig, now_ts())?;
         let mut dev =
             UdpDevice { client, socket, cookie: None, local_index, base: (Instant::now(), now_ts()) };
-        timeout(deadline, async {
+        let connected = timeout(deadline, async {
             while !dev.client.is_established() {
                 if let Some(e) = dev.client.error() {
                     return Err(e);
@@ -160,8 +161,18 @@ impl UdpDevice {
             }
             Ok(())
         })
-        .await
-        .map_err(|_| Error::Handshake(vitalwire::HandshakeError::Timeout))??;
+        .await;
+        match connected {
+            Ok(r) => r?,
+            // A REJECT is only a hint in datagram mode (spec §13.3): if it was the only
+            // answer until the deadline, report it.
+            Err(_) => {
+                return Err(Error::Handshake(match dev.client.rejected() {
+                    Some(reason) => vitalwire::HandshakeError::Rejected(reason),
+                    None => vitalwire::HandshakeError::Timeout,
+                }))
+            }
+        }
         Ok(dev)
     }
 

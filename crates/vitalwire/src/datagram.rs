@@ -194,7 +194,10 @@ impl Retransmit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
+    /// This side closed.
     Closed,
+    /// The peer's CLOSE arrived, with its code.
+    ClosedByPeer(CloseCode),
     Failed(Error),
 }
 
@@ -347,6 +350,14 @@ impl DatagramSession {
             _ => None,
         }
     }
+    /// The code of the peer's CLOSE, if the peer ended the session (a refused XX device
+    /// learns `UNAUTHORIZED` this way, authenticated).
+    pub fn closed_by_peer(&self) -> Option<CloseCode> {
+        match self.state {
+            State::ClosedByPeer(code) => Some(code),
+            _ => None,
+        }
+    }
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.state != State::Open
@@ -446,6 +457,7 @@ impl DatagramSession {
         match self.state {
             State::Open => Ok(()),
             State::Closed => Err(Error::Closed),
+            State::ClosedByPeer(code) => Err(Error::ClosedByPeer(code)),
             State::Failed(e) => Err(e),
         }
     }
@@ -501,6 +513,7 @@ impl DatagramSession {
         match self.state {
             State::Failed(e) => return Err(e),
             State::Closed => return Err(Error::Closed),
+            State::ClosedByPeer(code) => return Err(Error::ClosedByPeer(code)),
             State::Open => {}
         }
         let (receiver, counter) = match Packet::decode(&packet) {
@@ -599,7 +612,7 @@ impl DatagramSession {
                 Ok(c) => {
                     let code = CloseCode(u16::from_be_bytes(c));
                     self.events.push(EventKind::SessionClosed { code, by_peer: true });
-                    self.state = State::Closed;
+                    self.state = State::ClosedByPeer(code);
                     Ok(Incoming::Closed(code))
                 }
                 Err(_) => Err(self.fail(ProtocolError::BadControlPayload(FrameKind::CLOSE.0).into())),
@@ -637,8 +650,12 @@ impl DatagramSession {
     /// Runs the timers: keepalive, dead peer, rekey by time, lifetime, the handshake
     /// retransmission of an unconfirmed session, and the expiry of the previous key.
     pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
-        if let State::Failed(e) = self.state {
-            return Err(e);
+        match self.state {
+            State::Failed(e) => return Err(e),
+            // An ended session has no timers (a late dead-peer timer must not replace the
+            // peer's CLOSE code).
+            State::Closed | State::ClosedByPeer(_) => return Ok(()),
+            State::Open => {}
         }
         self.expire_previous_key(now);
         if let Some(r) = &mut self.unconfirmed {
@@ -1146,11 +1163,12 @@ impl DatagramClient {
         }
     }
 
-    /// The error that ended the client.
+    /// The error that ended the client; [`Error::ClosedByPeer`] once the host closed the
+    /// session (e.g. `UNAUTHORIZED` for a refused XX device).
     pub fn error(&self) -> Option<Error> {
         match &self.state {
             ClientState::Failed(e) => Some(*e),
-            ClientState::Established(s) => s.error(),
+            ClientState::Established(s) => s.error().or(s.closed_by_peer().map(Error::ClosedByPeer)),
             ClientState::Handshaking(h) => h.error(),
         }
     }

@@ -1172,6 +1172,10 @@ fn a_refused_xx_device_gets_an_authenticated_close_unauthorized_even_if_the_firs
     dev.handle_packet(BytesMut::from(&close2[..]), Timestamp(now)).unwrap();
     assert_eq!(dev.poll_incoming(), Some(Incoming::Closed(CloseCode::UNAUTHORIZED)));
     assert!(dev.session().unwrap().is_closed());
+    assert_eq!(dev.error(), Some(Error::ClosedByPeer(CloseCode::UNAUTHORIZED)), "refusal, not loss");
+    assert_eq!(dev.send(1, b"x", Timestamp(now)), Err(Error::ClosedByPeer(CloseCode::UNAUTHORIZED)));
+    assert_eq!(dev.handle_timeout(Timestamp(60_000)), Ok(()), "no timer replaces the peer's code");
+    assert_eq!(dev.error(), Some(Error::ClosedByPeer(CloseCode::UNAUTHORIZED)));
     let events: Vec<_> = std::iter::from_fn(|| h.poll_event()).map(|e| e.kind).collect();
     assert!(events.contains(&EventKind::UnknownPeer), "{events:?}");
     // The host keeps the refusal only until the handshake deadline.
