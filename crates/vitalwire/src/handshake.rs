@@ -760,16 +760,19 @@ impl Handshake {
         }
         let mut entropy = c.entropy.take();
         let mut ephemeral = c.fixed_ephemeral.clone();
-        if let (Some(d), None) = (self.datagram.as_mut(), &ephemeral) {
+        if let Some(d) = self.datagram.as_mut() {
             // Datagram mode: draw the ephemeral key here (from the same source snow would
-            // use) so that the state can be rebuilt after a forged message 3.
-            let mut e = zeroize::Zeroizing::new([0u8; 32]);
-            let source = match entropy.as_mut() {
-                Some(source) => source.fill(&mut e[..]),
-                None => default_entropy()?.fill(&mut e[..]),
-            };
-            source.map_err(|_| HandshakeError::NoEntropy)?;
-            ephemeral = Some(PrivateKey::from_bytes(*e));
+            // use) and keep it with the HELLO, so that the state can be rebuilt after a
+            // forged message 3.
+            if ephemeral.is_none() {
+                let mut e = zeroize::Zeroizing::new([0u8; 32]);
+                let drawn = match entropy.as_mut() {
+                    Some(source) => source.fill(&mut e[..]),
+                    None => default_entropy()?.fill(&mut e[..]),
+                };
+                drawn.map_err(|_| HandshakeError::NoEntropy)?;
+                ephemeral = Some(PrivateKey::from_bytes(*e));
+            }
             d.hello = h.header.to_vec();
             d.hello.extend_from_slice(h.noise);
         }

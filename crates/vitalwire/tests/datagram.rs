@@ -933,9 +933,27 @@ fn flip(p: &[u8], at: usize) -> BytesMut {
 #[test]
 fn forged_and_tampered_handshake_packets_are_dropped_and_the_handshake_completes() {
     let auth_failed = Err(Error::Dropped(DropReason::AuthenticationFailed));
-    for profile in [Profile::Xx, Profile::XxPsk3, Profile::Ik, Profile::Kk] {
+    let cases = Profile::ALL.into_iter().flat_map(|p| [(p, false), (p, true)]);
+    for (profile, fixed_ephemeral) in cases {
         let mut dev = client(profile, dconfig(), 0);
-        let mut h = host(params(100), dconfig());
+        let mut h = if fixed_ephemeral {
+            // As the test vectors run it: the responder's ephemeral key given, not drawn.
+            let k = keys();
+            let (trust, psks) = (trust(&k), psks(&k));
+            DatagramHost::new(
+                Box::new(move || {
+                    ResponderConfig::new(host_keys(), trust.clone())
+                        .params(params(100))
+                        .psk_directory(psks.clone())
+                        .fixed_ephemeral_for_testing_only(PrivateKey::from_bytes([0x70; 32]))
+                }),
+                dconfig(),
+                HostLimits::default(),
+                Box::new(OsEntropy),
+            )
+        } else {
+            host(params(100), dconfig())
+        };
         let hello = dev.poll_transmit(Timestamp(0)).unwrap();
         h.handle_packet(1, BytesMut::from(&hello[..]), Timestamp(0)).unwrap();
         let (_, resp) = h.poll_transmit().unwrap();
