@@ -784,6 +784,9 @@ pub struct DatagramHandshake {
     /// Initiator: the reason of the last REJECT addressed to it, and how many arrived. A
     /// REJECT is unauthenticated, so it is only a hint until the deadline (§13.3).
     rejected: Option<(RejectReason, u64)>,
+    /// Initiator (XX): why the last authenticated RESPONSE was refused (a host key that is
+    /// not pinned, bad parameters); it may have been forged, so this too is a hint.
+    refused_response: Option<Error>,
     /// Responder, XX device refused after FINISH: the FINISH's digest and the CLOSE
     /// UNAUTHORIZED packet, answered again to a repeated FINISH until the deadline.
     refusal: Option<([u8; 32], Vec<u8>)>,
@@ -826,6 +829,7 @@ impl DatagramHandshake {
             finish: None,
             completing: None,
             rejected: None,
+            refused_response: None,
             refusal: None,
         }
     }
@@ -840,7 +844,7 @@ impl DatagramHandshake {
         if local_index == 0 {
             return Err(Error::Config("a session index is never 0"));
         }
-        let mut hs = Handshake::initiator(config)?;
+        let mut hs = Handshake::initiator(config)?.for_datagrams(0);
         let body = next_body(&mut hs)?;
         let mut packet = Vec::with_capacity(5 + body.len());
         packet.push(TYPE_HELLO);
@@ -969,6 +973,12 @@ impl DatagramHandshake {
                         self.rejected = Some((reason, seen + 1));
                         return Err(HandshakeError::Rejected(reason).into());
                     }
+                    Err(e @ Error::Dropped(_)) => return Err(e),
+                    Err(e) if self.hs.error().is_none() => {
+                        // Authenticated but refused, and undone: a hint until the deadline.
+                        self.refused_response = Some(e);
+                        return Err(e);
+                    }
                     Err(e) => return Err(e),
                 }
                 // REJECTs contradicted by an authenticated answer were forged (or stale).
@@ -1048,9 +1058,12 @@ impl DatagramHandshake {
             return Err(e);
         }
         if now >= self.deadline && !self.hs.is_finished() {
-            return Err(match self.rejected {
-                Some((reason, _)) => self.hs.fail_rejected(reason),
-                None => self.hs.expire(),
+            return Err(match (self.refused_response, self.rejected) {
+                (Some(e), _) => self.hs.fail_at_deadline(e),
+                (None, Some((reason, _))) => {
+                    self.hs.fail_at_deadline(HandshakeError::Rejected(reason).into())
+                }
+                (None, None) => self.hs.expire(),
             });
         }
         if let Some(r) = &mut self.retransmit {

@@ -376,15 +376,25 @@ pub struct Handshake {
     datagram: Option<DatagramState>,
 }
 
-/// Datagram mode, responder: snow restores its hash and chaining key when a message fails
-/// to authenticate, but not its cipher key. A forged message 3 (XX, XXpsk3) whose first
-/// token decrypts and whose payload does not leaves the cipher re-keyed, so the genuine
-/// message 3 would fail. The responder keeps its ephemeral key and the HELLO to rebuild the
-/// state after message 2 (deterministic: same keys, same bytes) when that happens.
+/// Datagram mode: what it takes to undo a forged message (spec §13.3).
+///
+/// Responder: snow restores its hash and chaining key when a message fails to authenticate,
+/// but not its cipher key. A forged message 3 (XX, XXpsk3) whose first token decrypts and
+/// whose payload does not leaves the cipher re-keyed, so the genuine message 3 would fail.
+/// The responder keeps its ephemeral key and the HELLO to rebuild the state after message 2
+/// (deterministic: same keys, same bytes) when that happens.
+///
+/// Initiator (XX, XXpsk3): message 2 can be forged in full by whoever saw the HELLO (with its
+/// own static key); it authenticates and only the pinned-key or parameter check refuses it,
+/// after snow has moved on. The initiator keeps its ephemeral key and the payload of message
+/// 1 to rebuild the state after message 1.
 struct DatagramState {
     peer_index: u32,
     ephemeral: Option<PrivateKey>,
+    /// Responder: the HELLO frame. Initiator: the payload of message 1.
     hello: Vec<u8>,
+    /// Initiator: the handshake hash after message 1.
+    h1: Option<[u8; 32]>,
 }
 
 /// Default time allowed for a handshake.
@@ -615,16 +625,21 @@ impl Handshake {
         Ok(())
     }
 
+    /// The credential hint of the initiator's HELLO.
+    fn hello_hint(c: &InitiatorConfig, profile: Profile) -> Vec<u8> {
+        match profile {
+            Profile::Kk => c.keypair.public().key_id().0.to_vec(),
+            Profile::XxPsk3 => c.psk.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The initiator's first frame.
     fn write_hello(&mut self, profile: Profile) -> Result<Vec<u8>, Error> {
         let Side::Initiator(c) = &mut self.side else {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
-        let hint: Vec<u8> = match profile {
-            Profile::Kk => c.keypair.public().key_id().0.to_vec(),
-            Profile::XxPsk3 => c.psk.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let hint = Self::hello_hint(c, profile);
         let mut entropy = c.entropy.take();
         let mut payload = Vec::new();
         if let Some(p) = self.pairing.as_mut() {
@@ -641,6 +656,23 @@ impl Handshake {
             // IK, KK: message 1 is the device's last message and carries its identity.
             payload = c.identity.encode()?;
         }
+        let mut ephemeral = c.fixed_ephemeral.clone();
+        if let Some(d) = self.datagram.as_mut() {
+            // Datagram mode: draw the ephemeral key here (from the same source snow would
+            // use, after the pairing nonce as before) and keep it with the payload, so the
+            // state can be rebuilt after a forged message 2.
+            if ephemeral.is_none() {
+                let mut e = zeroize::Zeroizing::new([0u8; 32]);
+                let drawn = match entropy.as_mut() {
+                    Some(source) => source.fill(&mut e[..]),
+                    None => default_entropy()?.fill(&mut e[..]),
+                };
+                drawn.map_err(|_| HandshakeError::NoEntropy)?;
+                ephemeral = Some(PrivateKey::from_bytes(*e));
+            }
+            d.ephemeral = ephemeral.clone();
+            d.hello = payload.clone();
+        }
         let mut frame = hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
         let prologue = hello::prologue(&frame);
         let name = noise::protocol_name(profile, c.suite);
@@ -652,7 +684,7 @@ impl Handshake {
             x25519: c.x25519,
             remote: c.remote_key.as_ref(),
             psk: c.psk.as_ref().map(|(_, k)| (3, k)),
-            fixed_ephemeral: c.fixed_ephemeral.as_ref(),
+            fixed_ephemeral: ephemeral.as_ref(),
             entropy,
         })?;
         let host_key = c.remote_key;
@@ -661,7 +693,50 @@ impl Handshake {
         if let Some(host) = host_key {
             self.events.peer = Some(host.fingerprint());
         }
+        let h1 = self.current_hash();
+        if let Some(d) = self.datagram.as_mut() {
+            d.h1 = h1;
+        }
         Ok(frame)
+    }
+
+    /// Datagram mode, XX/XXpsk3 initiator after a message 2 that authenticated but was
+    /// refused: rebuilds the Noise state as it was after message 1 (re-writing message 1 from
+    /// the same keys and payload) and checks that it is: the handshake hash must equal `h1`.
+    fn rebuild_after_message_1(&mut self) -> Result<(), Error> {
+        let (Some(d), Side::Initiator(c), Some(profile)) = (&self.datagram, &self.side, self.profile) else {
+            return Err(HandshakeError::UnexpectedMessage.into());
+        };
+        let h1 = d.h1.ok_or(HandshakeError::UnexpectedMessage)?;
+        let header = hello::hello_header(
+            PROTOCOL_VERSION,
+            profile.code(),
+            c.suite.code(),
+            &Self::hello_hint(c, profile),
+        );
+        let prologue = hello::prologue(&header);
+        let name = noise::protocol_name(profile, c.suite);
+        let mut state = noise::build(NoiseSetup {
+            protocol_name: &name,
+            initiator: true,
+            prologue: &prologue,
+            local: &c.keypair,
+            x25519: c.x25519,
+            remote: c.remote_key.as_ref(),
+            psk: c.psk.as_ref().map(|(_, k)| (3, k)),
+            fixed_ephemeral: d.ephemeral.as_ref(),
+            entropy: Some(Box::new(NoEntropy)),
+        })?;
+        let mut scratch = vec![0u8; MAX_HANDSHAKE_FRAME_LEN];
+        state.write_message(&d.hello, &mut scratch).map_err(noise::map_err)?;
+        if state.get_handshake_hash().get(..32) != Some(&h1[..]) {
+            return Err(HandshakeError::Noise.into());
+        }
+        self.events.peer = c.remote_key.map(|k| k.fingerprint());
+        self.noise = Some(state);
+        self.peer_params = None;
+        self.h2 = None;
+        Ok(())
     }
 
     /// Reads one handshake frame body (as split out by the stream decoder).
@@ -914,7 +989,8 @@ impl Handshake {
     /// Datagram mode (spec §13.3): frames a refusal CLOSE as a transport packet addressed to
     /// `peer_index`, and (responder) keeps what it takes to survive a forged message 3.
     pub(crate) fn for_datagrams(mut self, peer_index: u32) -> Self {
-        self.datagram = Some(DatagramState { peer_index, ephemeral: None, hello: Vec::new() });
+        debug_assert!(self.noise.is_none(), "before the first message");
+        self.datagram = Some(DatagramState { peer_index, ephemeral: None, hello: Vec::new(), h1: None });
         self
     }
 
@@ -962,6 +1038,16 @@ impl Handshake {
                 self.index += 1;
                 Ok(())
             }
+            // XX, XXpsk3 message 2 authenticates whoever sent it: refused (a key that is not
+            // pinned, bad parameters), it may be a forgery. Undo it and wait for another.
+            Err(e)
+                if self.role() == Role::Initiator
+                    && self.profile.is_some_and(|p| p.message_count() == 3)
+                    && self.rebuild_after_message_1().is_ok() =>
+            {
+                self.events.push(EventKind::AuthenticationFailure);
+                Err(e)
+            }
             Err(e) => Err(self.fail(e)),
         }
     }
@@ -1003,11 +1089,11 @@ impl Handshake {
         Ok(())
     }
 
-    /// Datagram mode, initiator: ends the handshake because a REJECT was the only answer
-    /// until the deadline (spec §13.3).
-    pub(crate) fn fail_rejected(&mut self, reason: RejectReason) -> Error {
+    /// Datagram mode, initiator: ends the handshake at its deadline with the refusal that was
+    /// the only answer (a REJECT, or a message 2 with a key that is not pinned; spec §13.3).
+    pub(crate) fn fail_at_deadline(&mut self, e: Error) -> Error {
         self.events.push(EventKind::TimerExpired { timer: crate::events::Timer::Handshake });
-        self.fail(HandshakeError::Rejected(reason))
+        self.fail(e)
     }
 
     /// Records a security event (datagram mode: a forged packet seen by the handshake).

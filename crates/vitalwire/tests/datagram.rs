@@ -1401,3 +1401,71 @@ fn a_broken_entropy_source_gives_a_typed_error_not_a_hang() {
     let no_entropy = Err(Error::Handshake(HandshakeError::NoEntropy));
     assert_eq!(results, vec![no_entropy, no_entropy, Ok(()), Ok(()), no_entropy, Ok(()), no_entropy]);
 }
+
+#[test]
+fn a_forged_but_valid_xx_message_2_is_undone_and_the_genuine_one_completes() {
+    let k = keys();
+    for profile in [Profile::Xx, Profile::XxPsk3] {
+        let config = initiator_config(profile, CipherSuite::default(), &k).pin_host_keys([*k.host.public()]);
+        let mut dev = DatagramClient::new(config, 0x0D0D_0001, dconfig(), Timestamp(0)).unwrap();
+        let mut h = host(params(100), dconfig());
+        let t = Timestamp(0);
+        let hello = dev.poll_transmit(t).unwrap();
+        // An attacker who saw the HELLO answers first, as itself: its message 2 is valid
+        // Noise (XX authenticates whoever answers; XXpsk3 mixes the PSK in only at message 3,
+        // so any PSK will do), and only the pinned host key tells it apart.
+        let mallory = Keypair::from_private(PrivateKey::from_bytes([0x66; 32]));
+        let mut any_psk = StaticPskDirectory::new();
+        any_psk.add(PSK_ID, Psk::from_bytes([0x99; 32]));
+        for _ in 0..2 {
+            let mut m = Handshake::responder(
+                ResponderConfig::new(mallory.clone(), trust(&k)).psk_directory(Arc::new(any_psk.clone())),
+            )
+            .unwrap();
+            m.read_message(&hello[5..]).unwrap();
+            let mut buf = BytesMut::new();
+            m.write_message(&mut buf).unwrap();
+            let mut forged = vec![TYPE_RESPONSE];
+            forged.extend(0x6666_6666u32.to_be_bytes());
+            forged.extend(0x0D0D_0001u32.to_be_bytes());
+            forged.extend(&buf[2..]);
+            assert_eq!(
+                dev.handle_packet(BytesMut::from(&forged[..]), t),
+                Err(Error::Handshake(HandshakeError::UnexpectedPeerKey)),
+                "{profile}"
+            );
+            assert_eq!(dev.error(), None, "{profile}: undone, not fatal");
+        }
+        h.handle_packet(1, BytesMut::from(&hello[..]), t).unwrap();
+        let (_, resp) = h.poll_transmit().unwrap();
+        dev.handle_packet(BytesMut::from(&resp[..]), t).unwrap();
+        assert!(dev.is_established(), "{profile}");
+        assert_eq!(dev.session().unwrap().remote_static(), k.host.public());
+        assert_eq!(dev.security_counters().authentication_failures, 2);
+        let finish = dev.poll_transmit(t).unwrap();
+        h.handle_packet(1, BytesMut::from(&finish[..]), t).unwrap();
+        assert_eq!(h.session_count(), 1, "{profile}: the host accepts the FINISH");
+        dev.send(1, b"through", t).unwrap();
+        while let Some(p) = dev.poll_transmit(t) {
+            let _ = h.handle_packet(1, BytesMut::from(&p[..]), t);
+        }
+        assert!(std::iter::from_fn(|| h.poll_incoming())
+            .any(|i| matches!(i.incoming, Incoming::Data { payload, .. } if &payload[..] == b"through")));
+    }
+    // A genuine host whose key the device does not pin (rotated without updating the
+    // device): the device reports that at its deadline, not a bare timeout.
+    let config =
+        initiator_config(Profile::Xx, CipherSuite::default(), &k).pin_host_keys([*k.device.public()]);
+    let dconfig = DatagramConfig { handshake_timeout_ms: 5_000, ..dconfig() };
+    let mut dev = DatagramClient::new(config, 0x0D0D_0001, dconfig, Timestamp(0)).unwrap();
+    let mut h = host(params(100), dconfig);
+    let mut now = 0;
+    loop {
+        tick(&mut dev, &mut h, now);
+        if dev.error().is_some() || now > 10_000 {
+            break;
+        }
+        now += 1;
+    }
+    assert_eq!((dev.error(), now), (Some(Error::Handshake(HandshakeError::UnexpectedPeerKey)), 5_000));
+}
