@@ -371,8 +371,8 @@ pub struct Handshake {
     deadline: Option<Timestamp>,
     timeout_ms: u64,
     /// Datagram mode (spec §13): the peer's session index (a refusal CLOSE is framed as a
-    /// transport packet addressed to it) and, at a responder, what it takes to rebuild the
-    /// Noise state after a forged message 3.
+    /// transport packet addressed to it) and what it takes to rebuild the Noise state after a
+    /// forged message 3 (responder) or 2 (XX initiator).
     datagram: Option<DatagramState>,
 }
 
@@ -662,13 +662,7 @@ impl Handshake {
             // use, after the pairing nonce as before) and keep it with the payload, so the
             // state can be rebuilt after a forged message 2.
             if ephemeral.is_none() {
-                let mut e = zeroize::Zeroizing::new([0u8; 32]);
-                let drawn = match entropy.as_mut() {
-                    Some(source) => source.fill(&mut e[..]),
-                    None => default_entropy()?.fill(&mut e[..]),
-                };
-                drawn.map_err(|_| HandshakeError::NoEntropy)?;
-                ephemeral = Some(PrivateKey::from_bytes(*e));
+                ephemeral = Some(draw_ephemeral(&mut entropy)?);
             }
             d.ephemeral = ephemeral.clone();
             d.hello = payload.clone();
@@ -840,13 +834,7 @@ impl Handshake {
             // use) and keep it with the HELLO, so that the state can be rebuilt after a
             // forged message 3.
             if ephemeral.is_none() {
-                let mut e = zeroize::Zeroizing::new([0u8; 32]);
-                let drawn = match entropy.as_mut() {
-                    Some(source) => source.fill(&mut e[..]),
-                    None => default_entropy()?.fill(&mut e[..]),
-                };
-                drawn.map_err(|_| HandshakeError::NoEntropy)?;
-                ephemeral = Some(PrivateKey::from_bytes(*e));
+                ephemeral = Some(draw_ephemeral(&mut entropy)?);
             }
             d.hello = h.header.to_vec();
             d.hello.extend_from_slice(h.noise);
@@ -987,7 +975,8 @@ impl Handshake {
     }
 
     /// Datagram mode (spec §13.3): frames a refusal CLOSE as a transport packet addressed to
-    /// `peer_index`, and (responder) keeps what it takes to survive a forged message 3.
+    /// `peer_index` (responder), and keeps what it takes to survive a forged message 3
+    /// (responder) or 2 (XX initiator).
     pub(crate) fn for_datagrams(mut self, peer_index: u32) -> Self {
         debug_assert!(self.noise.is_none(), "before the first message");
         self.datagram = Some(DatagramState { peer_index, ephemeral: None, hello: Vec::new(), h1: None });
@@ -999,7 +988,10 @@ impl Handshake {
     /// `authentication_failure` event ([`Error::Dropped`]) and the handshake goes on as if it
     /// had not arrived. A REJECT (unauthenticated) is returned as
     /// [`HandshakeError::Rejected`] without ending the handshake: the caller treats it as a
-    /// hint. Failures after authentication (refusal by trust, bad parameters) are fatal.
+    /// hint. An XX/XXpsk3 message 2 that authenticates but is refused (a key that is not
+    /// pinned, bad parameters) is undone and its error returned without ending the
+    /// handshake (anyone can produce one). Other failures after authentication (the
+    /// responder's refusal by trust) are fatal.
     pub(crate) fn read_datagram_message(&mut self, frame: &[u8]) -> Result<(), Error> {
         if let Some(e) = self.failed {
             return Err(e);
@@ -1201,6 +1193,18 @@ impl Handshake {
         self.timeout_ms = ms;
         self
     }
+}
+
+/// Datagram mode: an ephemeral private key drawn from the configured source (or the default
+/// one), as snow would draw it, so that the handshake can keep it for a rebuild.
+fn draw_ephemeral(entropy: &mut Option<Box<dyn EntropySource>>) -> Result<PrivateKey, HandshakeError> {
+    let mut e = zeroize::Zeroizing::new([0u8; crate::keys::KEY_LEN]);
+    let drawn = match entropy.as_mut() {
+        Some(source) => source.fill(&mut e[..]),
+        None => default_entropy()?.fill(&mut e[..]),
+    };
+    drawn.map_err(|_| HandshakeError::NoEntropy)?;
+    Ok(PrivateKey::from_bytes(*e))
 }
 
 #[cfg(feature = "std")]
