@@ -18,11 +18,18 @@
 //!   authenticates, and keeps the previous key for a grace period for packets still in flight.
 //! - Handshake packets are retransmitted with exponential backoff until answered; duplicates
 //!   are answered from a cache, never processed twice.
-//! - Nothing a forged or stale packet does is fatal: it is dropped with an event.
+//! - Nothing a forged or stale packet does is fatal (§13.3): it is dropped with an event. In
+//!   the handshake too: a RESPONSE or FINISH that fails authentication leaves the handshake
+//!   as it was (the Noise state is rebuilt where snow cannot undo a failed read), a REJECT is
+//!   only a hint until the deadline, and an XX message 2 refused after authenticating (a key
+//!   that is not pinned) is undone.
+//! - A refused XX device gets an authenticated CLOSE `UNAUTHORIZED` (the host's first
+//!   transport packet), answered again to a repeated FINISH. Pairing works as over streams:
+//!   both sides show the code and a pairing session carries no DATA.
 //!
 //! [`DatagramClient`] drives a device's side; [`DatagramHost`] serves many devices on one
-//! socket, told apart by their session index. Both are sans-IO: packets and the time in,
-//! packets, data and events out.
+//! socket, told apart by their session index, at O(log n) per packet and per timer. Both are
+//! sans-IO: packets and the time in, packets, data and events out.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
