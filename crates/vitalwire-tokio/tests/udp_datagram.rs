@@ -114,7 +114,7 @@ async fn a_rejected_device_keeps_trying_and_gets_in_once_admitted_at_run_time() 
     let store = Arc::new(TrustStore::in_memory(TrustList::new()));
     let (host, addr, mut telemetry, _events) = start(store.clone()).await;
     // Nobody admits it: after the deadline the device reports the host's refusal.
-    let refused = UdpDevice::connect(addr, ik(), DatagramConfig::default(), Duration::from_secs(2)).await;
+    let refused = UdpDevice::connect(addr, ik(), DatagramConfig::default(), Duration::from_secs(3)).await;
     assert_eq!(
         refused.err(),
         Some(Error::Handshake(HandshakeError::Rejected(RejectReason::UnknownCredential)))
@@ -144,5 +144,47 @@ async fn a_refused_xx_device_learns_it_is_unauthorized() {
     let r = dev.run_for(Duration::from_secs(3)).await;
     assert_eq!(r.err(), Some(Error::ClosedByPeer(CloseCode::UNAUTHORIZED)));
     assert!(timeout(Duration::from_millis(300), telemetry.recv()).await.is_err(), "nothing delivered");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pairing_open_an_unregistered_devices_data_never_becomes_telemetry() {
+    let store = Arc::new(TrustStore::in_memory(TrustList::new()));
+    let policy: Arc<dyn TrustPolicy> = store.clone();
+    let mut config =
+        HostConfig::new(move || ResponderConfig::new(host_keys(), policy.clone()).allow_pairing(true));
+    config.trust = Some(store);
+    let (host, mut telemetry, mut events) = Host::new(config);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let h = host.clone();
+    tokio::spawn(async move { serve_udp(&h, socket).await });
+    let pairing = InitiatorConfig::new(Profile::Xx, device_keys(), DeviceIdentity::new("NEW-1"))
+        .pin_host_keys([*host_keys().public()])
+        .request_pairing();
+    let mut dev =
+        UdpDevice::connect(addr, pairing, DatagramConfig::default(), Duration::from_secs(10)).await.unwrap();
+    let code = dev.client().pairing_code().expect("a pairing session shows its code");
+    assert_eq!(code.to_string().len(), 6);
+    assert_eq!(dev.send(1, b"telemetry").await, Err(Error::PairingSession));
+    // A device that sends DATA anyway: the host ends the session and delivers nothing.
+    dev.client()
+        .send_raw_for_testing_only(0x01, 0, 1, b"sneaked in", vitalwire_tokio::host::now_ts())
+        .unwrap();
+    let r = dev.run_for(Duration::from_secs(2)).await;
+    assert_eq!(r.err(), Some(Error::ClosedByPeer(CloseCode::PROTOCOL_ERROR)));
+    assert!(timeout(Duration::from_millis(300), telemetry.recv()).await.is_err(), "no telemetry");
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = timeout(Duration::from_millis(500), events.recv()).await {
+        seen.push(e.kind);
+    }
+    assert!(
+        seen.iter().any(|k| matches!(k, EventKind::SessionEstablished { pairing: true, .. })),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&EventKind::ProtocolViolation { error: ProtocolError::DataInPairingSession }),
+        "{seen:?}"
+    );
     host.shutdown().await;
 }
