@@ -152,7 +152,7 @@ impl UdpDevice {
         let client = DatagramClient::new(config, local_index, dconfig, now_ts())?;
         let mut dev =
             UdpDevice { client, socket, cookie: None, local_index, base: (Instant::now(), now_ts()) };
-        let connected = timeout(deadline, async {
+        timeout(deadline, async {
             while !dev.client.is_established() {
                 if let Some(e) = dev.client.error() {
                     return Err(e);
@@ -161,18 +161,13 @@ impl UdpDevice {
             }
             Ok(())
         })
-        .await;
-        match connected {
-            Ok(r) => r?,
-            // A REJECT is only a hint in datagram mode (spec §13.3): if it was the only
-            // answer until the deadline, report it.
-            Err(_) => {
-                return Err(Error::Handshake(match dev.client.rejected() {
-                    Some(reason) => vitalwire::HandshakeError::Rejected(reason),
-                    None => vitalwire::HandshakeError::Timeout,
-                }))
-            }
-        }
+        .await
+        // A REJECT is only a hint in datagram mode (spec §13.3): if it was the only answer
+        // until the deadline, report it.
+        .map_err(|_| {
+            use vitalwire::HandshakeError::{Rejected, Timeout};
+            Error::Handshake(dev.client.rejected().map_or(Timeout, Rejected))
+        })??;
         Ok(dev)
     }
 

@@ -169,7 +169,7 @@ async fn with_pairing_open_an_unregistered_devices_data_never_becomes_telemetry(
     assert_eq!(dev.send(1, b"telemetry").await, Err(Error::PairingSession));
     // A device that sends DATA anyway: the host ends the session and delivers nothing.
     dev.client()
-        .send_raw_for_testing_only(0x01, 0, 1, b"sneaked in", vitalwire_tokio::host::now_ts())
+        .send_raw_for_testing_only(0x01, 0, 1, b"sneaked in", vitalwire_tokio::clock::monotonic())
         .unwrap();
     let r = dev.run_for(Duration::from_secs(2)).await;
     assert_eq!(r.err(), Some(Error::ClosedByPeer(CloseCode::PROTOCOL_ERROR)));
