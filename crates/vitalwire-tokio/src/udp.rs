@@ -174,7 +174,8 @@ impl UdpDevice {
         let socket = UdpSocket::bind(bind).await.map_err(|_| Error::Config("cannot bind a UDP socket"))?;
         socket.connect(host).await.map_err(|_| Error::Config("cannot reach the host address"))?;
         let mut index = [0u8; 4];
-        let _ = vitalwire::EntropySource::fill(&mut OsEntropy, &mut index);
+        vitalwire::EntropySource::fill(&mut OsEntropy, &mut index)
+            .map_err(|_| Error::Handshake(vitalwire::HandshakeError::NoEntropy))?;
         let local_index = u32::from_be_bytes(index).max(1);
         let client = DatagramClient::new(config, local_index, dconfig, monotonic())?;
         let mut dev = UdpDevice { client, socket, cookie: None, local_index };
@@ -188,7 +189,12 @@ impl UdpDevice {
             Ok(())
         })
         .await
-        .map_err(|_| Error::Handshake(vitalwire::HandshakeError::Timeout))??;
+        // A REJECT is only a hint in datagram mode (spec §13.3): if it was the only answer
+        // until the deadline, report it.
+        .map_err(|_| {
+            use vitalwire::HandshakeError::{Rejected, Timeout};
+            Error::Handshake(dev.client.rejected().map_or(Timeout, Rejected))
+        })??;
         Ok(dev)
     }
 

@@ -18,27 +18,35 @@
 //!   authenticates, and keeps the previous key for a grace period for packets still in flight.
 //! - Handshake packets are retransmitted with exponential backoff until answered; duplicates
 //!   are answered from a cache, never processed twice.
-//! - Nothing a forged or stale packet does is fatal: it is dropped with an event.
+//! - Nothing a forged or stale packet does is fatal (§13.3): it is dropped with an event. In
+//!   the handshake too: a RESPONSE or FINISH that fails authentication leaves the handshake
+//!   as it was (the Noise state is rebuilt where snow cannot undo a failed read), a REJECT is
+//!   only a hint until the deadline, and an XX message 2 refused after authenticating (a key
+//!   that is not pinned) is undone.
+//! - A refused XX device gets an authenticated CLOSE `UNAUTHORIZED` (the host's first
+//!   transport packet), answered again to a repeated FINISH. Pairing works as over streams:
+//!   both sides show the code and a pairing session carries no DATA.
 //!
 //! [`DatagramClient`] drives a device's side; [`DatagramHost`] serves many devices on one
-//! socket, told apart by their session index. Both are sans-IO: packets and the time in,
-//! packets, data and events out.
+//! socket, told apart by their session index, at O(log n) per packet and per timer. Both are
+//! sans-IO: packets and the time in, packets, data and events out.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use bytes::{Buf, BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::cipher::TransportCipher;
-use crate::error::{DecodeError, DropReason, Error, HandshakeError, ProtocolError};
+use crate::error::{DecodeError, DropReason, Error, HandshakeError, ProtocolError, RejectReason};
 use crate::events::{
     Direction, EventKind, EventQueue, Limit, SecurityCounters, SecurityEvent, Timer, Timestamp,
 };
 use crate::frame::{CloseCode, FrameHeader, FrameKind, HEADER_LEN, PING_LEN, TAG_LEN};
 use crate::handshake::{Handshake, InitiatorConfig, ResponderConfig, Role};
 use crate::keys::{EntropySource, PublicKey};
+use crate::pairing::PairingCode;
 use crate::payload::DeviceIdentity;
 use crate::replay::{ReplayVerdict, ReplayWindow, DEFAULT_WINDOW};
 use crate::session::{Incoming, SessionSetup};
@@ -193,7 +201,10 @@ impl Retransmit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
+    /// This side closed.
     Closed,
+    /// The peer's CLOSE arrived, with its code.
+    ClosedByPeer(CloseCode),
     Failed(Error),
 }
 
@@ -230,6 +241,10 @@ pub struct DatagramSession {
     /// authenticated, or the session fails (spec §4.8).
     confirm_by: Option<Timestamp>,
     resend_response: bool,
+    /// Digests of the peer's handshake packets this side accepted: the HELLO (responder) or
+    /// the RESPONSE (initiator), and the FINISH (XX responder). A later handshake packet
+    /// with another digest cannot be the peer's: it is forged (§13.3).
+    accepted: [Option<[u8; 32]>; 2],
     packets_sent: u64,
     packets_received: u64,
 }
@@ -284,6 +299,7 @@ impl DatagramSession {
             unconfirmed: None,
             response_cache: None,
             resend_response: false,
+            accepted: [None, None],
             packets_sent: 0,
             packets_received: 0,
         })
@@ -321,6 +337,14 @@ impl DatagramSession {
     pub fn rx_epoch(&self) -> u64 {
         self.rx_epoch
     }
+    /// In a pairing session: the 6-digit code to compare with the peer's display (§12.4).
+    pub fn pairing_code(&self) -> Option<PairingCode> {
+        self.setup.pairing_code
+    }
+    /// Whether this is a pairing session: it carries no DATA in either direction (§12.4).
+    pub fn is_pairing(&self) -> bool {
+        self.setup.pairing_code.is_some()
+    }
     /// Packets sealed and packets opened.
     pub fn packet_counts(&self) -> (u64, u64) {
         (self.packets_sent, self.packets_received)
@@ -344,6 +368,14 @@ impl DatagramSession {
     pub fn error(&self) -> Option<Error> {
         match self.state {
             State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+    /// The code of the peer's CLOSE, if the peer ended the session (a refused XX device
+    /// learns `UNAUTHORIZED` this way, authenticated).
+    pub fn closed_by_peer(&self) -> Option<CloseCode> {
+        match self.state {
+            State::ClosedByPeer(code) => Some(code),
             _ => None,
         }
     }
@@ -400,12 +432,31 @@ impl DatagramSession {
         out: &mut BytesMut,
     ) -> Result<(), Error> {
         self.check_can_send()?;
+        if self.is_pairing() {
+            return Err(Error::PairingSession);
+        }
         let max = self.max_payload_len();
         if payload.len() > max {
             self.events.push(EventKind::LimitExceeded { limit: Limit::PayloadTooLarge });
             return Err(Error::PayloadTooLarge { len: payload.len(), max });
         }
         self.seal(FrameHeader::new(FrameKind::DATA, channel), payload, now, out)
+    }
+
+    /// Seals a frame with an arbitrary header (reserved flags, DATA in a pairing session), to
+    /// test how a peer handles authentic packets that break the rules.
+    #[doc(hidden)]
+    pub fn seal_raw_for_testing_only(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        channel: u8,
+        payload: &[u8],
+        now: Timestamp,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.check_can_send()?;
+        self.seal(FrameHeader { kind: FrameKind(kind), flags, channel }, payload, now, out)
     }
 
     /// Rolls the sending key now: the next packet starts a new epoch.
@@ -427,6 +478,7 @@ impl DatagramSession {
         match self.state {
             State::Open => Ok(()),
             State::Closed => Err(Error::Closed),
+            State::ClosedByPeer(code) => Err(Error::ClosedByPeer(code)),
             State::Failed(e) => Err(e),
         }
     }
@@ -482,6 +534,7 @@ impl DatagramSession {
         match self.state {
             State::Failed(e) => return Err(e),
             State::Closed => return Err(Error::Closed),
+            State::ClosedByPeer(code) => return Err(Error::ClosedByPeer(code)),
             State::Open => {}
         }
         let (receiver, counter) = match Packet::decode(&packet) {
@@ -559,6 +612,14 @@ impl DatagramSession {
         };
         packet.advance(HEADER_LEN);
         match header.kind {
+            // §13.2: fragmentation happens below the datagram; a FRAGMENT flag ends the session.
+            FrameKind::DATA if header.flags != 0 => {
+                Err(self.fail(ProtocolError::ReservedFlags(header.flags).into()))
+            }
+            // §12.4: a pairing session carries no DATA.
+            FrameKind::DATA if self.is_pairing() => {
+                Err(self.fail(ProtocolError::DataInPairingSession.into()))
+            }
             FrameKind::DATA => Ok(Incoming::Data { channel: header.channel, payload: packet.freeze() }),
             FrameKind::PING => match <[u8; PING_LEN]>::try_from(&packet[..]) {
                 Ok(p) => {
@@ -575,7 +636,7 @@ impl DatagramSession {
                 Ok(c) => {
                     let code = CloseCode(u16::from_be_bytes(c));
                     self.events.push(EventKind::SessionClosed { code, by_peer: true });
-                    self.state = State::Closed;
+                    self.state = State::ClosedByPeer(code);
                     Ok(Incoming::Closed(code))
                 }
                 Err(_) => Err(self.fail(ProtocolError::BadControlPayload(FrameKind::CLOSE.0).into())),
@@ -614,8 +675,12 @@ impl DatagramSession {
     /// Runs the timers: keepalive, dead peer, rekey by time, lifetime, the handshake
     /// retransmission of an unconfirmed session, and the expiry of the previous key.
     pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
-        if let State::Failed(e) = self.state {
-            return Err(e);
+        match self.state {
+            State::Failed(e) => return Err(e),
+            // An ended session has no timers (a late dead-peer timer must not replace the
+            // peer's CLOSE code).
+            State::Closed | State::ClosedByPeer(_) => return Ok(()),
+            State::Open => {}
         }
         self.expire_previous_key(now);
         if !self.established && self.confirm_by.is_some_and(|d| now >= d) {
@@ -683,16 +748,40 @@ impl DatagramSession {
         false
     }
 
-    /// A duplicate of the handshake packet this session came from arrived: answer it again
-    /// (the peer did not get our answer).
-    fn handle_duplicate_handshake(&mut self, digest: &[u8; 32]) {
-        match &self.response_cache {
-            Some((d, _)) if d == digest => self.resend_response = true,
-            // XX responder: a repeated FINISH; a PING proves we have the session.
-            _ if self.setup.role == Role::Responder => self.pending_ping = true,
-            _ => {}
+    /// A handshake packet arrived after the session started. A duplicate of one this side
+    /// accepted is answered again if the peer may not have our answer (the cached RESPONSE;
+    /// a PING for a repeated FINISH) or dropped; any other one is forged: dropped with an
+    /// `authentication_failure` event (§13.3).
+    fn handle_duplicate_handshake(&mut self, digest: &[u8; 32]) -> Result<(), Error> {
+        if self.response_cache.as_ref().is_some_and(|(d, _)| d == digest) {
+            self.resend_response = true;
+            return Ok(());
         }
+        if self.accepted[1] == Some(*digest) && self.state == State::Open {
+            // XX responder: a repeated FINISH; a PING proves we have the session.
+            self.pending_ping = true;
+            return Ok(());
+        }
+        if self.accepted[0] == Some(*digest) {
+            return Err(Error::Dropped(DropReason::UnexpectedHandshake));
+        }
+        Err(self.drop_packet(DropReason::AuthenticationFailed))
     }
+}
+
+/// The responder's first transport packet when it refuses an XX/XXpsk3 device after message
+/// 3 (§12.2, §13.3): a CLOSE with `code` sealed under its first sending key at counter 0.
+pub(crate) fn seal_first_close(tx: &TransportCipher, receiver: u32, code: CloseCode) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(TRANSPORT_OVERHEAD + 2);
+    packet.push(TYPE_TRANSPORT);
+    packet.extend_from_slice(&receiver.to_be_bytes());
+    packet.extend_from_slice(&0u64.to_be_bytes());
+    packet.extend_from_slice(&FrameHeader::new(FrameKind::CLOSE, 0).encode());
+    packet.extend_from_slice(&code.0.to_be_bytes());
+    let (ad, body) = packet.split_at_mut(TRANSPORT_HEADER_LEN);
+    let tag = tx.seal_at(0, ad, body);
+    packet.extend_from_slice(&tag);
+    packet
 }
 
 /// A HELLO the host refused: why, the REJECT packet to send back (if the refusal has a
@@ -721,6 +810,18 @@ pub struct DatagramHandshake {
     last_response: Option<Vec<u8>>,
     /// Initiator: the FINISH packet (XX), to keep resending after the handshake.
     finish: Option<Vec<u8>>,
+    /// Digest of the peer's packet that completed this side's part (initiator: RESPONSE;
+    /// XX responder: FINISH), so the session can tell its duplicates from forgeries.
+    completing: Option<[u8; 32]>,
+    /// Initiator: the reason of the last REJECT addressed to it, and how many arrived. A
+    /// REJECT is unauthenticated, so it is only a hint until the deadline (§13.3).
+    rejected: Option<(RejectReason, u64)>,
+    /// Initiator (XX): why the last authenticated RESPONSE was refused (a host key that is
+    /// not pinned, bad parameters); it may have been forged, so this too is a hint.
+    refused_response: Option<Error>,
+    /// Responder, XX device refused after FINISH: the FINISH's digest and the CLOSE
+    /// UNAUTHORIZED packet, answered again to a repeated FINISH until the deadline.
+    refusal: Option<([u8; 32], Vec<u8>)>,
 }
 
 impl core::fmt::Debug for DatagramHandshake {
@@ -746,6 +847,25 @@ fn next_body(hs: &mut Handshake) -> Result<Vec<u8>, Error> {
 }
 
 impl DatagramHandshake {
+    fn with(hs: Handshake, config: DatagramConfig, local_index: u32, now: Timestamp) -> Self {
+        DatagramHandshake {
+            hs,
+            config,
+            local_index,
+            remote_index: None,
+            outbox: None,
+            retransmit: None,
+            deadline: Timestamp(now.0.saturating_add(config.handshake_timeout_ms)),
+            hello_digest: None,
+            last_response: None,
+            finish: None,
+            completing: None,
+            rejected: None,
+            refused_response: None,
+            refusal: None,
+        }
+    }
+
     /// Starts the device's side and queues its HELLO.
     pub fn initiator(
         config: InitiatorConfig,
@@ -753,24 +873,19 @@ impl DatagramHandshake {
         dconfig: DatagramConfig,
         now: Timestamp,
     ) -> Result<Self, Error> {
-        let mut hs = Handshake::initiator(config)?;
+        if local_index == 0 {
+            return Err(Error::Config("a session index is never 0"));
+        }
+        let mut hs = Handshake::initiator(config)?.for_datagrams(0);
         let body = next_body(&mut hs)?;
         let mut packet = Vec::with_capacity(5 + body.len());
         packet.push(TYPE_HELLO);
         packet.extend_from_slice(&local_index.to_be_bytes());
         packet.extend_from_slice(&body);
-        Ok(DatagramHandshake {
-            hs,
-            config: dconfig,
-            local_index,
-            remote_index: None,
-            outbox: Some(packet.clone()),
-            retransmit: Some(Retransmit::new(packet, now, &dconfig)),
-            deadline: Timestamp(now.0 + dconfig.handshake_timeout_ms),
-            hello_digest: None,
-            last_response: None,
-            finish: None,
-        })
+        let mut h = Self::with(hs, dconfig, local_index, now);
+        h.outbox = Some(packet.clone());
+        h.retransmit = Some(Retransmit::new(packet, now, &dconfig));
+        Ok(h)
     }
 
     /// Starts the host's side from a HELLO packet and queues the answer (message 2 or a
@@ -787,10 +902,13 @@ impl DatagramHandshake {
                 hs.map(|hs| core::iter::from_fn(|| hs.poll_event(now)).collect()).unwrap_or_default();
             RefusedHello { error, reject, events }
         };
-        let mut hs = Handshake::responder(config).map_err(|e| refused(e, None, None))?;
         let Ok(Packet::Hello { sender, body }) = Packet::decode(hello) else {
-            return Err(refused(Error::Dropped(DropReason::Malformed), None, Some(&mut hs)));
+            return Err(refused(Error::Dropped(DropReason::Malformed), None, None));
         };
+        if sender == 0 {
+            return Err(refused(Error::Dropped(DropReason::Malformed), None, None));
+        }
+        let mut hs = Handshake::responder(config).map_err(|e| refused(e, None, None))?.for_datagrams(sender);
         let answer = |hs: &mut Handshake, index: u32| -> Option<Vec<u8>> {
             let body = next_body(hs).ok()?;
             let mut packet = Vec::with_capacity(9 + body.len());
@@ -808,18 +926,12 @@ impl DatagramHandshake {
             let e = hs.error().unwrap_or(Error::Handshake(HandshakeError::Noise));
             return Err(refused(e, None, Some(&mut hs)));
         };
-        Ok(DatagramHandshake {
-            hs,
-            config: dconfig,
-            local_index,
-            remote_index: Some(sender),
-            outbox: Some(response.clone()),
-            retransmit: None,
-            deadline: Timestamp(now.0 + dconfig.handshake_timeout_ms),
-            hello_digest: Some(digest(hello)),
-            last_response: Some(response),
-            finish: None,
-        })
+        let mut h = Self::with(hs, dconfig, local_index, now);
+        h.remote_index = Some(sender);
+        h.outbox = Some(response.clone());
+        h.hello_digest = Some(digest(hello));
+        h.last_response = Some(response);
+        Ok(h)
     }
 
     /// This side's session index.
@@ -837,15 +949,42 @@ impl DatagramHandshake {
         self.hs.error()
     }
 
+    /// Initiator: the reason of a REJECT that arrived for this handshake. A REJECT is not
+    /// authenticated, so the handshake goes on (HELLO retransmitted) until a RESPONSE
+    /// authenticates or the deadline passes, and then fails with
+    /// [`HandshakeError::Rejected`] (spec §13.3).
+    pub fn rejected(&self) -> Option<RejectReason> {
+        self.rejected.map(|(r, _)| r)
+    }
+
+    /// Responder: whether this refused handshake is kept until its deadline to answer a
+    /// repeated FINISH with the same CLOSE UNAUTHORIZED (the first one may be lost).
+    pub fn lingers(&self, now: Timestamp) -> bool {
+        self.refusal.is_some() && now < self.deadline
+    }
+
     /// The next security event.
     pub fn poll_event(&mut self, now: Timestamp) -> Option<SecurityEvent> {
         self.hs.poll_event(now)
     }
 
-    /// Takes one handshake packet addressed to this handshake.
+    /// Takes one handshake packet addressed to this handshake. Forged, tampered and
+    /// duplicated packets are dropped ([`Error::Dropped`], with an event for the forged ones)
+    /// and leave the handshake as it was; a REJECT returns [`HandshakeError::Rejected`] as a
+    /// hint and leaves it going (spec §13.3).
     pub fn handle_packet(&mut self, packet: &[u8], _now: Timestamp) -> Result<(), Error> {
         if let Some(e) = self.hs.error() {
-            return Err(e);
+            return match (&self.refusal, Packet::decode(packet)) {
+                (Some((d, close)), Ok(Packet::Finish { .. })) if *d == digest(packet) => {
+                    self.outbox = Some(close.clone());
+                    Ok(())
+                }
+                (Some(_), Ok(Packet::Finish { .. })) => {
+                    self.hs.record(EventKind::AuthenticationFailure);
+                    Err(Error::Dropped(DropReason::AuthenticationFailed))
+                }
+                _ => Err(e),
+            };
         }
         match (Packet::decode(packet), self.hs.role()) {
             (Ok(Packet::Response { sender, receiver, body }), Role::Initiator)
@@ -854,9 +993,33 @@ impl DatagramHandshake {
                 if self.remote_index.is_some() {
                     return Err(Error::Dropped(DropReason::UnexpectedHandshake));
                 }
-                self.hs.read_message(body)?;
+                if sender == 0 && body.first() != Some(&crate::hello::TYPE_REJECT) {
+                    // Only a REJECT comes from index 0: this RESPONSE is not the host's.
+                    self.hs.record(EventKind::AuthenticationFailure);
+                    return Err(Error::Dropped(DropReason::Malformed));
+                }
+                match self.hs.read_datagram_message(body) {
+                    Ok(()) => {}
+                    Err(Error::Handshake(HandshakeError::Rejected(reason))) => {
+                        let seen = self.rejected.map_or(0, |(_, n)| n);
+                        self.rejected = Some((reason, seen + 1));
+                        return Err(HandshakeError::Rejected(reason).into());
+                    }
+                    Err(e @ Error::Dropped(_)) => return Err(e),
+                    Err(e) if self.hs.error().is_none() => {
+                        // Authenticated but refused, and undone: a hint until the deadline.
+                        self.refused_response = Some(e);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+                // REJECTs contradicted by an authenticated answer were forged (or stale).
+                for _ in 0..self.rejected.take().map_or(0, |(_, n)| n) {
+                    self.hs.record(EventKind::AuthenticationFailure);
+                }
                 self.remote_index = Some(sender);
                 self.retransmit = None;
+                self.completing = Some(digest(packet));
                 if self.hs.wants_write() {
                     let body = next_body(&mut self.hs)?;
                     let mut finish = Vec::with_capacity(5 + body.len());
@@ -871,8 +1034,23 @@ impl DatagramHandshake {
                 if self.hs.is_finished() {
                     return Err(Error::Dropped(DropReason::UnexpectedHandshake));
                 }
-                self.hs.read_message(body)?;
-                Ok(())
+                match self.hs.read_datagram_message(body) {
+                    Ok(()) => {
+                        self.completing = Some(digest(packet));
+                        Ok(())
+                    }
+                    Err(e @ Error::Dropped(_)) => Err(e),
+                    Err(e) => {
+                        // Refused after authentication (XX): the CLOSE UNAUTHORIZED packet.
+                        if self.hs.wants_write() {
+                            if let Ok(close) = next_body(&mut self.hs) {
+                                self.outbox = Some(close.clone());
+                                self.refusal = Some((digest(packet), close));
+                            }
+                        }
+                        Err(e)
+                    }
+                }
             }
             (Ok(Packet::Hello { .. }), Role::Responder) if self.hello_digest == Some(digest(packet)) => {
                 // Our answer was lost: send it again.
@@ -889,6 +1067,9 @@ impl DatagramHandshake {
         if let Some(p) = self.outbox.take() {
             return Some(p);
         }
+        if self.hs.error().is_some() {
+            return None;
+        }
         let r = self.retransmit.as_mut()?;
         core::mem::take(&mut r.due).then(|| r.packet.clone())
     }
@@ -896,18 +1077,26 @@ impl DatagramHandshake {
     /// When to call [`DatagramHandshake::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         if self.hs.error().is_some() {
-            return None;
+            // A refusal kept to answer repeats ends at the deadline.
+            return self.refusal.as_ref().map(|_| self.deadline);
         }
         Some(self.retransmit.as_ref().map_or(self.deadline, |r| r.at.min(self.deadline)))
     }
 
-    /// Retransmits on schedule; fails with [`HandshakeError::Timeout`] at the deadline.
+    /// Retransmits on schedule; fails at the deadline with [`HandshakeError::Timeout`], or
+    /// with [`HandshakeError::Rejected`] if a REJECT was the only answer.
     pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), Error> {
         if let Some(e) = self.hs.error() {
             return Err(e);
         }
         if now >= self.deadline && !self.hs.is_finished() {
-            return Err(self.hs.expire());
+            return Err(match (self.refused_response, self.rejected) {
+                (Some(e), _) => self.hs.fail_at_deadline(e),
+                (None, Some((reason, _))) => {
+                    self.hs.fail_at_deadline(HandshakeError::Rejected(reason).into())
+                }
+                (None, None) => self.hs.expire(),
+            });
         }
         if let Some(r) = &mut self.retransmit {
             r.tick(now, self.config.max_rto_ms);
@@ -922,6 +1111,7 @@ impl DatagramHandshake {
         let mut s = DatagramSession::new(self.hs, self.local_index, remote, self.config, now)?;
         match role {
             Role::Initiator => {
+                s.accepted[0] = self.completing;
                 // XX: FINISH goes out now and again until the responder proves it has the
                 // session with an authenticated packet.
                 if let Some(finish) = self.finish {
@@ -931,13 +1121,17 @@ impl DatagramHandshake {
                 }
             }
             Role::Responder if s.setup.profile.message_count() == 2 => {
+                s.accepted[0] = self.hello_digest;
                 // IK, KK: our message 2 may be lost; answer a repeated HELLO from this cache
                 // until the device's first authenticated packet arrives.
                 s.response_cache = self.hello_digest.zip(self.last_response);
                 s.confirm_by = Some(self.deadline);
             }
             // XX: confirm to the device at once that its FINISH arrived.
-            Role::Responder => s.pending_ping = true,
+            Role::Responder => {
+                s.accepted = [self.hello_digest, self.completing];
+                s.pending_ping = true;
+            }
         }
         Ok(s)
     }
@@ -952,6 +1146,7 @@ enum ClientState {
 /// The device's side of datagram mode: handshake, retransmission, session.
 pub struct DatagramClient {
     state: ClientState,
+    local_index: u32,
     outbox: VecDeque<Vec<u8>>,
     incoming: VecDeque<Incoming>,
     events: EventQueue,
@@ -979,6 +1174,7 @@ impl DatagramClient {
                 dconfig,
                 now,
             )?)),
+            local_index,
             outbox: VecDeque::new(),
             incoming: VecDeque::new(),
             events: EventQueue::default(),
@@ -999,17 +1195,56 @@ impl DatagramClient {
         }
     }
 
-    /// The error that ended the client.
+    /// In a pairing session: the 6-digit code to show for comparison (§12.4).
+    pub fn pairing_code(&self) -> Option<PairingCode> {
+        self.session().and_then(|s| s.pairing_code())
+    }
+
+    /// While handshaking: the reason of a REJECT the host (or a forger) sent. The handshake
+    /// goes on until its deadline, then fails with [`HandshakeError::Rejected`].
+    pub fn rejected(&self) -> Option<RejectReason> {
+        match &self.state {
+            ClientState::Handshaking(h) => h.rejected(),
+            _ => None,
+        }
+    }
+
+    /// The error that ended the client; [`Error::ClosedByPeer`] once the host closed the
+    /// session (e.g. `UNAUTHORIZED` for a refused XX device).
     pub fn error(&self) -> Option<Error> {
         match &self.state {
             ClientState::Failed(e) => Some(*e),
-            ClientState::Established(s) => s.error(),
+            ClientState::Established(s) => s.error().or(s.closed_by_peer().map(Error::ClosedByPeer)),
             ClientState::Handshaking(h) => h.error(),
         }
     }
 
-    /// Takes one packet from the link. Drops return [`Error::Dropped`] (not fatal).
+    /// Cumulative security counters (the handshake's included).
+    pub fn security_counters(&self) -> SecurityCounters {
+        match &self.state {
+            ClientState::Handshaking(h) => h.hs.security_counters(),
+            // The session carries the handshake's counters on.
+            ClientState::Established(s) => s.security_counters(),
+            ClientState::Failed(_) => self.events.counters,
+        }
+    }
+
+    /// Takes one packet from the link. Drops return [`Error::Dropped`] (not fatal); a
+    /// REJECT while handshaking returns [`HandshakeError::Rejected`] and is not fatal either
+    /// (see [`DatagramClient::rejected`]).
     pub fn handle_packet(&mut self, packet: BytesMut, now: Timestamp) -> Result<(), Error> {
+        match Packet::decode(&packet) {
+            Ok(Packet::Response { receiver, .. } | Packet::Transport { receiver, .. })
+                if receiver != self.local_index =>
+            {
+                return Err(Error::Dropped(DropReason::UnknownIndex));
+            }
+            Ok(Packet::Hello { .. } | Packet::Finish { .. }) => {
+                return Err(Error::Dropped(DropReason::UnexpectedHandshake));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(Error::Dropped(DropReason::Malformed)),
+        }
         let result = match &mut self.state {
             ClientState::Failed(e) => Err(*e),
             ClientState::Handshaking(h) => {
@@ -1019,9 +1254,8 @@ impl DatagramClient {
             }
             ClientState::Established(s) => match Packet::decode(&packet) {
                 Ok(Packet::Transport { .. }) => s.open(packet, now).map(|i| self.incoming.push_back(i)),
-                // A duplicate RESPONSE after the session started: harmless.
-                Ok(_) => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
-                Err(_) => Err(Error::Dropped(DropReason::Malformed)),
+                // A duplicate RESPONSE is harmless; any other one is forged.
+                _ => s.handle_duplicate_handshake(&digest(&packet)),
             },
         };
         self.collect(now);
@@ -1032,6 +1266,7 @@ impl DatagramClient {
         let ClientState::Handshaking(h) = &mut self.state else { return };
         if let Some(e) = h.error() {
             while let Some(ev) = h.poll_event(now) {
+                self.events.peer = ev.peer;
                 self.events.push(ev.kind);
             }
             self.state = ClientState::Failed(e);
@@ -1084,10 +1319,34 @@ impl DatagramClient {
 
     /// Seals DATA and queues the packet for [`DatagramClient::poll_transmit`].
     pub fn send(&mut self, channel: u8, payload: &[u8], now: Timestamp) -> Result<(), Error> {
+        self.send_with(now, |s, now, out| s.seal_data(channel, payload, now, out))
+    }
+
+    /// Seals a frame with an arbitrary header and queues it (see
+    /// [`DatagramSession::seal_raw_for_testing_only`]).
+    #[doc(hidden)]
+    pub fn send_raw_for_testing_only(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        channel: u8,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        self.send_with(now, |s, now, out| {
+            s.seal_raw_for_testing_only(kind, flags, channel, payload, now, out)
+        })
+    }
+
+    fn send_with(
+        &mut self,
+        now: Timestamp,
+        seal: impl FnOnce(&mut DatagramSession, Timestamp, &mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         match &mut self.state {
             ClientState::Established(s) => {
                 self.scratch.clear();
-                let r = s.seal_data(channel, payload, now, &mut self.scratch);
+                let r = seal(s, now, &mut self.scratch);
                 if r.is_ok() {
                     self.outbox.push_back(self.scratch.to_vec());
                 }
@@ -1145,10 +1404,41 @@ impl Default for HostLimits {
     }
 }
 
-enum Conn<A> {
-    Handshaking { hs: Box<DatagramHandshake>, addr: A },
-    Established { session: Box<DatagramSession>, addr: A },
-    Failed,
+enum Conn {
+    Handshaking(Box<DatagramHandshake>),
+    Established(Box<DatagramSession>),
+    /// Only while a handshake turns into a session.
+    Moving,
+}
+
+/// One index's state at a host.
+struct Slot<A> {
+    conn: Conn,
+    /// Where packets for it go: the handshake's source, then the session's latest
+    /// authenticated source.
+    addr: A,
+    /// The digest of the HELLO it came from (the key of `DatagramHost::hellos`).
+    hello: [u8; 32],
+    /// Its entry in `DatagramHost::timers`.
+    deadline: Option<Timestamp>,
+    /// Whether it is counted in `DatagramHost::confirmed` (a session's key may be confirmed
+    /// by a packet between two settles: the count follows at the next settle).
+    counted: bool,
+}
+
+impl<A> Slot<A> {
+    /// Whether this slot holds a session whose key is confirmed.
+    fn is_confirmed_session(&self) -> bool {
+        matches!(&self.conn, Conn::Established(session) if session.is_key_confirmed())
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        match &self.conn {
+            Conn::Handshaking(hs) => hs.poll_timeout(),
+            Conn::Established(s) => s.poll_timeout(),
+            Conn::Moving => None,
+        }
+    }
 }
 
 /// Received data at a host: which session, and what.
@@ -1165,20 +1455,36 @@ pub struct HostIncoming {
 /// Most host-level events kept undrained.
 const HOST_EVENT_CAPACITY: usize = 1024;
 
+/// Draws of the entropy source allowed to find a free session index. A working source
+/// finds one at the first draw unless billions of indices are taken; a broken one (failing,
+/// or repeating a value) must not hang the host.
+pub const INDEX_ATTEMPTS: usize = 16;
+
 /// A host serving many devices on one datagram socket. `A` is the link address type (a
 /// `SocketAddr` for UDP); a session's address follows its last authenticated packet.
+///
+/// Each packet costs O(log n) in the number of sessions: sessions are found by index in a
+/// map, and timers sit in one ordered set of deadlines, so neither a packet nor a timer
+/// walks the other sessions.
 pub struct DatagramHost<A> {
     make_config: Box<dyn Fn() -> ResponderConfig + Send + Sync>,
     config: DatagramConfig,
     limits: HostLimits,
-    conns: BTreeMap<u32, Conn<A>>,
+    conns: BTreeMap<u32, Slot<A>>,
     hellos: BTreeMap<[u8; 32], u32>,
+    /// (deadline, index) of every slot that has one.
+    timers: BTreeSet<(Timestamp, u32)>,
+    established: usize,
+    /// Of those, the ones whose key is confirmed (spec §4.8): what `session_count` reports.
+    confirmed: usize,
     entropy: Box<dyn EntropySource>,
     outbox: VecDeque<(A, Vec<u8>)>,
     incoming: VecDeque<HostIncoming>,
     events: VecDeque<SecurityEvent>,
     counters: SecurityCounters,
     scratch: BytesMut,
+    /// Slots settled so far: the per-packet and per-timer work, for tests of its bound.
+    visits: u64,
 }
 
 impl<A: Clone + PartialEq> DatagramHost<A> {
@@ -1195,33 +1501,43 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
             limits,
             conns: BTreeMap::new(),
             hellos: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            established: 0,
+            confirmed: 0,
             entropy,
             outbox: VecDeque::new(),
             incoming: VecDeque::new(),
             events: VecDeque::new(),
             counters: SecurityCounters::default(),
             scratch: BytesMut::new(),
+            visits: 0,
         }
+    }
+
+    /// How many times a session or handshake was visited (settled after a packet, a send or
+    /// a timer): shows that one packet or one due timer visits one slot, whatever the number
+    /// of sessions.
+    #[doc(hidden)]
+    pub fn slots_visited_for_testing_only(&self) -> u64 {
+        self.visits
     }
 
     /// Established sessions (an IK/KK session counts once the device's first packet has
     /// authenticated, spec §4.8).
     pub fn session_count(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|c| matches!(c, Conn::Established { session, .. } if session.is_key_confirmed()))
-            .count()
+        self.confirmed
     }
 
-    /// Handshakes in progress (IK/KK sessions still waiting for key confirmation included).
+    /// Handshakes in progress (IK/KK sessions still waiting for key confirmation, and refused
+    /// XX handshakes kept to answer repeats, included).
     pub fn half_open_count(&self) -> usize {
-        self.conns.len() - self.session_count()
+        self.conns.len() - self.confirmed
     }
 
     /// A session by index.
     pub fn session(&self, index: u32) -> Option<&DatagramSession> {
-        match self.conns.get(&index) {
-            Some(Conn::Established { session, .. }) => Some(session),
+        match self.conns.get(&index).map(|s| &s.conn) {
+            Some(Conn::Established(session)) => Some(session),
             _ => None,
         }
     }
@@ -1244,43 +1560,43 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
         self.record(SecurityEvent::new(kind, now, None, None));
     }
 
-    fn fresh_index(&mut self) -> u32 {
-        loop {
+    /// A random session index, not 0 and not in use; [`HandshakeError::NoEntropy`] if the
+    /// entropy source fails or does not give a free one in [`INDEX_ATTEMPTS`] draws.
+    fn fresh_index(&mut self) -> Result<u32, Error> {
+        for _ in 0..INDEX_ATTEMPTS {
             let mut b = [0u8; 4];
-            let _ = self.entropy.fill(&mut b);
+            self.entropy.fill(&mut b).map_err(|_| HandshakeError::NoEntropy)?;
             let index = u32::from_be_bytes(b);
             if index != 0 && !self.conns.contains_key(&index) {
-                return index;
+                return Ok(index);
             }
         }
+        Err(HandshakeError::NoEntropy.into())
     }
 
     /// Takes one datagram from `from`. Returns an error for a dropped packet (not fatal).
     pub fn handle_packet(&mut self, from: A, packet: BytesMut, now: Timestamp) -> Result<(), Error> {
         let parsed = Packet::decode(&packet).map_err(|_| Error::Dropped(DropReason::Malformed))?;
-        let result = match parsed {
+        match parsed {
             Packet::Hello { .. } => self.handle_hello(from, &packet, now),
             Packet::Finish { receiver, .. } | Packet::Transport { receiver, .. } => {
                 self.handle_for(receiver, from, packet, now)
             }
             Packet::Response { .. } => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
-        };
-        self.collect(now);
-        result
+        }
     }
 
     fn handle_hello(&mut self, from: A, packet: &[u8], now: Timestamp) -> Result<(), Error> {
         let d = digest(packet);
         if let Some(&index) = self.hellos.get(&d) {
             // A retransmitted HELLO: answer from the cache.
-            return match self.conns.get_mut(&index) {
-                Some(Conn::Handshaking { hs, .. }) => hs.handle_packet(packet, now),
-                Some(Conn::Established { session, .. }) => {
-                    session.handle_duplicate_handshake(&d);
-                    Ok(())
-                }
+            let result = match self.conns.get_mut(&index).map(|s| &mut s.conn) {
+                Some(Conn::Handshaking(hs)) => hs.handle_packet(packet, now),
+                Some(Conn::Established(session)) => session.handle_duplicate_handshake(&d),
                 _ => Err(Error::Dropped(DropReason::UnknownIndex)),
             };
+            self.settle(index, now);
+            return result;
         }
         if self.half_open_count() >= self.limits.max_half_open {
             self.host_event(EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes }, now);
@@ -1290,12 +1606,25 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
             self.host_event(EventKind::LimitExceeded { limit: Limit::Sessions }, now);
             return Err(Error::Dropped(DropReason::Limit));
         }
-        let index = self.fresh_index();
+        let index = match self.fresh_index() {
+            Ok(index) => index,
+            Err(e) => {
+                self.host_event(EventKind::HandshakeFailed { reason: e }, now);
+                return Err(e);
+            }
+        };
         match DatagramHandshake::responder((self.make_config)(), index, self.config, packet, now) {
             Ok(hs) => {
                 self.hellos.insert(d, index);
-                let conn = self.promote(Conn::Handshaking { hs: Box::new(hs), addr: from }, now);
-                self.conns.insert(index, conn);
+                let slot = Slot {
+                    conn: Conn::Handshaking(Box::new(hs)),
+                    addr: from,
+                    hello: d,
+                    deadline: None,
+                    counted: false,
+                };
+                self.conns.insert(index, slot);
+                self.settle(index, now);
                 Ok(())
             }
             Err(refused) => {
@@ -1310,130 +1639,133 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
         }
     }
 
-    /// Sends what a handshake queued and moves a finished one into an established session.
-    fn promote(&mut self, conn: Conn<A>, now: Timestamp) -> Conn<A> {
-        let Conn::Handshaking { mut hs, addr } = conn else { return conn };
-        if let Some(p) = hs.poll_transmit() {
-            self.outbox.push_back((addr.clone(), p));
-        }
-        if !hs.is_finished() {
-            return Conn::Handshaking { hs, addr };
-        }
-        let mut hs = *hs;
-        let mut events = Vec::new();
-        while let Some(e) = hs.poll_event(now) {
-            events.push(e);
-        }
-        let conn = match hs.into_session(now) {
-            Ok(session) => Some(Conn::Established { session: Box::new(session), addr }),
-            Err(_) => None,
-        };
-        for e in events {
-            self.record(e);
-        }
-        // A handshake that finished but could not become a session has already failed; keep
-        // a failed stand-in so the caller removes it.
-        conn.unwrap_or_else(|| Conn::Failed)
-    }
-
     fn handle_for(&mut self, index: u32, from: A, packet: BytesMut, now: Timestamp) -> Result<(), Error> {
-        let Some(mut conn) = self.conns.remove(&index) else {
+        let Some(slot) = self.conns.get_mut(&index) else {
             return Err(Error::Dropped(DropReason::UnknownIndex));
         };
-        let result = match &mut conn {
-            Conn::Failed => Err(Error::Dropped(DropReason::UnknownIndex)),
-            Conn::Handshaking { hs, .. } => hs.handle_packet(&packet, now),
-            Conn::Established { session, addr } => match Packet::decode(&packet) {
+        let result = match &mut slot.conn {
+            Conn::Moving => Err(Error::Dropped(DropReason::UnknownIndex)),
+            Conn::Handshaking(hs) => hs.handle_packet(&packet, now),
+            Conn::Established(session) => match Packet::decode(&packet) {
                 Ok(Packet::Transport { .. }) => match session.open(packet, now) {
                     Ok(incoming) => {
                         // Roaming: the session follows its last authenticated packet.
-                        *addr = from;
+                        slot.addr = from;
                         let peer = *session.remote_static();
                         self.incoming.push_back(HostIncoming { index, peer, incoming });
                         Ok(())
                     }
                     Err(e) => Err(e),
                 },
-                Ok(Packet::Finish { .. }) => {
-                    session.handle_duplicate_handshake(&digest(&packet));
-                    Ok(())
-                }
+                Ok(Packet::Finish { .. }) => session.handle_duplicate_handshake(&digest(&packet)),
                 _ => Err(Error::Dropped(DropReason::UnexpectedHandshake)),
             },
         };
-        let conn = self.promote(conn, now);
-        let dead = match &conn {
-            Conn::Handshaking { hs, .. } => hs.error().is_some(),
-            Conn::Established { session, .. } => session.is_closed(),
-            Conn::Failed => true,
-        };
-        self.conns.insert(index, conn);
-        if dead {
-            self.collect(now);
-            self.remove(index);
-        }
+        self.settle(index, now);
         result
     }
 
-    fn remove(&mut self, index: u32) {
-        self.conns.remove(&index);
-        self.hellos.retain(|_, i| *i != index);
-    }
-
-    /// Drains events and queued packets of every connection.
-    fn collect(&mut self, now: Timestamp) {
-        let mut events = Vec::new();
-        for conn in self.conns.values_mut() {
-            match conn {
-                Conn::Failed => {}
-                Conn::Handshaking { hs, addr } => {
-                    while let Some(e) = hs.poll_event(now) {
-                        events.push(e);
+    /// After anything touched the slot at `index`: turns a finished handshake into a
+    /// session, drains the slot's events and packets, and either reschedules its timer or,
+    /// if it has ended, removes it. Touches no other slot.
+    fn settle(&mut self, index: u32, now: Timestamp) {
+        let Some(mut slot) = self.conns.remove(&index) else { return };
+        self.visits += 1;
+        // Taken out of the count now, put back below if it is still there and confirmed.
+        if core::mem::take(&mut slot.counted) {
+            self.confirmed -= 1;
+        }
+        if let Some(d) = slot.deadline.take() {
+            self.timers.remove(&(d, index));
+        }
+        if let Conn::Handshaking(hs) = &mut slot.conn {
+            while let Some(e) = hs.poll_event(now) {
+                self.record(e);
+            }
+            if let Some(p) = hs.poll_transmit() {
+                self.outbox.push_back((slot.addr.clone(), p));
+            }
+            if hs.is_finished() {
+                let Conn::Handshaking(hs) = core::mem::replace(&mut slot.conn, Conn::Moving) else {
+                    return;
+                };
+                match hs.into_session(now) {
+                    Ok(session) => {
+                        slot.conn = Conn::Established(Box::new(session));
+                        self.established += 1;
                     }
-                    if let Some(p) = hs.poll_transmit() {
-                        self.outbox.push_back((addr.clone(), p));
-                    }
-                }
-                Conn::Established { session, addr } => {
-                    while let Some(e) = session.poll_event(now) {
-                        events.push(e);
-                    }
-                    loop {
-                        self.scratch.clear();
-                        if !session.poll_transmit(now, &mut self.scratch) {
-                            break;
-                        }
-                        self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
-                    }
+                    Err(e) => self.host_event(EventKind::HandshakeFailed { reason: e }, now),
                 }
             }
         }
-        for e in events {
-            self.record(e);
+        let alive = match &mut slot.conn {
+            Conn::Moving => false,
+            Conn::Handshaking(hs) => {
+                while let Some(e) = hs.poll_event(now) {
+                    self.record(e);
+                }
+                hs.error().is_none() || hs.lingers(now)
+            }
+            Conn::Established(session) => {
+                while let Some(e) = session.poll_event(now) {
+                    self.record(e);
+                }
+                loop {
+                    self.scratch.clear();
+                    if !session.poll_transmit(now, &mut self.scratch) {
+                        break;
+                    }
+                    self.outbox.push_back((slot.addr.clone(), self.scratch.to_vec()));
+                }
+                !session.is_closed()
+            }
+        };
+        if !alive {
+            if let Conn::Established(_) = slot.conn {
+                self.established -= 1;
+            }
+            self.hellos.remove(&slot.hello);
+            return;
         }
+        slot.deadline = slot.poll_timeout();
+        if let Some(d) = slot.deadline {
+            self.timers.insert((d, index));
+        }
+        if slot.is_confirmed_session() {
+            slot.counted = true;
+            self.confirmed += 1;
+        }
+        self.conns.insert(index, slot);
     }
 
     /// The indices of the established sessions.
     pub fn session_indices(&self) -> Vec<u32> {
-        self.conns.iter().filter(|(_, c)| matches!(c, Conn::Established { .. })).map(|(i, _)| *i).collect()
+        self.conns.iter().filter(|(_, s)| matches!(s.conn, Conn::Established(_))).map(|(i, _)| *i).collect()
     }
 
     /// Asks the trust policy again about every session (after a revocation); closes the ones
-    /// no longer trusted with CLOSE `UNAUTHORIZED`. Returns how many were closed.
+    /// no longer trusted with CLOSE `UNAUTHORIZED`. A pairing session stays while its device
+    /// is merely unknown (it is not in the store yet), as in stream mode. Returns how many
+    /// were closed.
     pub fn recheck(&mut self, policy: &dyn crate::trust::TrustPolicy, now: Timestamp) -> usize {
+        use crate::trust::TrustDecision;
         let mut refused = Vec::new();
-        for (index, conn) in &self.conns {
-            if let Conn::Established { session, .. } = conn {
-                if policy.check(session.remote_static(), session.peer_identity())
-                    != crate::trust::TrustDecision::Trusted
-                {
-                    refused.push(*index);
+        for (index, slot) in &self.conns {
+            if let Conn::Established(session) = &slot.conn {
+                match policy.check(session.remote_static(), session.peer_identity()) {
+                    TrustDecision::Trusted => {}
+                    TrustDecision::Unknown if session.is_pairing() => {}
+                    decision => refused.push((*index, decision)),
                 }
             }
         }
-        for index in &refused {
-            if let Some(Conn::Established { session, .. }) = self.conns.get_mut(index) {
-                session.events.push(EventKind::RevokedPeer);
+        for (index, decision) in &refused {
+            if let Some(Conn::Established(session)) = self.conns.get_mut(index).map(|s| &mut s.conn) {
+                session.events.push(if *decision == TrustDecision::Revoked {
+                    EventKind::RevokedPeer
+                } else {
+                    EventKind::UnknownPeer
+                });
             }
             let _ = self.close(*index, CloseCode::UNAUTHORIZED, now);
         }
@@ -1442,18 +1774,21 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
 
     /// Sends DATA to a session.
     pub fn send(&mut self, index: u32, channel: u8, payload: &[u8], now: Timestamp) -> Result<(), Error> {
-        let Some(Conn::Established { session, addr }) = self.conns.get_mut(&index) else {
+        let Some(Slot { conn: Conn::Established(session), addr, .. }) = self.conns.get_mut(&index) else {
             return Err(Error::Dropped(DropReason::UnknownIndex));
         };
         self.scratch.clear();
-        session.seal_data(channel, payload, now, &mut self.scratch)?;
-        self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
-        Ok(())
+        let result = session.seal_data(channel, payload, now, &mut self.scratch);
+        if result.is_ok() {
+            self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
+        }
+        self.settle(index, now);
+        result
     }
 
     /// Closes a session (e.g. after its key was revoked), queueing a CLOSE.
     pub fn close(&mut self, index: u32, code: CloseCode, now: Timestamp) -> Result<(), Error> {
-        let Some(Conn::Established { session, addr }) = self.conns.get_mut(&index) else {
+        let Some(Slot { conn: Conn::Established(session), addr, .. }) = self.conns.get_mut(&index) else {
             return Err(Error::Dropped(DropReason::UnknownIndex));
         };
         self.scratch.clear();
@@ -1461,8 +1796,7 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
         if result.is_ok() {
             self.outbox.push_back((addr.clone(), self.scratch.to_vec()));
         }
-        self.collect(now);
-        self.remove(index);
+        self.settle(index, now);
         result
     }
 
@@ -1481,36 +1815,25 @@ impl<A: Clone + PartialEq> DatagramHost<A> {
         self.events.pop_front()
     }
 
-    /// When to call [`DatagramHost::handle_timeout`].
+    /// When to call [`DatagramHost::handle_timeout`]: the earliest deadline of any session
+    /// or handshake.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.conns
-            .values()
-            .filter_map(|c| match c {
-                Conn::Handshaking { hs, .. } => hs.poll_timeout(),
-                Conn::Established { session, .. } => session.poll_timeout(),
-                Conn::Failed => None,
-            })
-            .min()
+        self.timers.first().map(|(t, _)| *t)
     }
 
-    /// Runs every connection's timers; removes the ones that ended.
+    /// Runs the timers that are due (only those: the others are not visited); removes the
+    /// sessions and handshakes that ended.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        let mut ended = Vec::new();
-        for (index, conn) in self.conns.iter_mut() {
-            let failed = match conn {
-                Conn::Handshaking { hs, .. } => hs.handle_timeout(now).is_err(),
-                Conn::Established { session, .. } => {
-                    session.handle_timeout(now).is_err() || session.is_closed()
-                }
-                Conn::Failed => true,
-            };
-            if failed {
-                ended.push(*index);
+        let due: Vec<u32> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, i)| *i).collect();
+        for index in due {
+            if let Some(slot) = self.conns.get_mut(&index) {
+                let _ = match &mut slot.conn {
+                    Conn::Handshaking(hs) => hs.handle_timeout(now),
+                    Conn::Established(session) => session.handle_timeout(now),
+                    Conn::Moving => Ok(()),
+                };
             }
-        }
-        self.collect(now);
-        for index in ended {
-            self.remove(index);
+            self.settle(index, now);
         }
     }
 }

@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 
 use crate::cipher;
-use crate::error::{DecodeError, Error, HandshakeError, RejectReason};
+use crate::error::{DecodeError, DropReason, Error, HandshakeError, RejectReason};
 use crate::events::{EventKind, EventQueue, SecurityCounters, SecurityEvent, Timestamp};
 use crate::frame::{CloseCode, FrameHeader, FrameKind};
 use crate::hello::{self, HandshakeFrame, MAX_HANDSHAKE_FRAME_LEN, MAX_HINT_LEN, TYPE_HANDSHAKE};
@@ -384,6 +384,31 @@ pub struct Handshake {
     events: EventQueue,
     deadline: Option<Timestamp>,
     timeout_ms: u64,
+    /// Datagram mode (spec §13): the peer's session index (a refusal CLOSE is framed as a
+    /// transport packet addressed to it) and what it takes to rebuild the Noise state after a
+    /// forged message 3 (responder) or 2 (XX initiator).
+    datagram: Option<DatagramState>,
+}
+
+/// Datagram mode: what it takes to undo a forged message (spec §13.3).
+///
+/// Responder: snow restores its hash and chaining key when a message fails to authenticate,
+/// but not its cipher key. A forged message 3 (XX, XXpsk3) whose first token decrypts and
+/// whose payload does not leaves the cipher re-keyed, so the genuine message 3 would fail.
+/// The responder keeps its ephemeral key and the HELLO to rebuild the state after message 2
+/// (deterministic: same keys, same bytes) when that happens.
+///
+/// Initiator (XX, XXpsk3): message 2 can be forged in full by whoever saw the HELLO (with its
+/// own static key); it authenticates and only the pinned-key or parameter check refuses it,
+/// after snow has moved on. The initiator keeps its ephemeral key and the payload of message
+/// 1 to rebuild the state after message 1.
+struct DatagramState {
+    peer_index: u32,
+    ephemeral: Option<PrivateKey>,
+    /// Responder: the HELLO frame. Initiator: the payload of message 1.
+    hello: Vec<u8>,
+    /// Initiator: the handshake hash after message 1.
+    h1: Option<[u8; 32]>,
 }
 
 /// Default time a responder allows for a stream handshake, key confirmation included
@@ -430,6 +455,7 @@ impl Handshake {
                 Role::Initiator => DEFAULT_INITIATOR_HANDSHAKE_TIMEOUT_MS,
                 Role::Responder => DEFAULT_HANDSHAKE_TIMEOUT_MS,
             },
+            datagram: None,
         }
     }
 
@@ -630,16 +656,21 @@ impl Handshake {
         Ok(())
     }
 
+    /// The credential hint of the initiator's HELLO.
+    fn hello_hint(c: &InitiatorConfig, profile: Profile) -> Vec<u8> {
+        match profile {
+            Profile::Kk => c.keypair.public().key_id().0.to_vec(),
+            Profile::XxPsk3 => c.psk.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The initiator's first frame.
     fn write_hello(&mut self, profile: Profile) -> Result<Vec<u8>, Error> {
         let Side::Initiator(c) = &mut self.side else {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
-        let hint: Vec<u8> = match profile {
-            Profile::Kk => c.keypair.public().key_id().0.to_vec(),
-            Profile::XxPsk3 => c.psk.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let hint = Self::hello_hint(c, profile);
         let mut entropy = c.entropy.take();
         let mut payload = Vec::new();
         if let Some(p) = self.pairing.as_mut() {
@@ -659,6 +690,17 @@ impl Handshake {
                 None => c.identity.encode()?,
             };
         }
+        let mut ephemeral = c.fixed_ephemeral.clone();
+        if let Some(d) = self.datagram.as_mut() {
+            // Datagram mode: draw the ephemeral key here (from the same source snow would
+            // use, after the pairing nonce as before) and keep it with the payload, so the
+            // state can be rebuilt after a forged message 2.
+            if ephemeral.is_none() {
+                ephemeral = Some(draw_ephemeral(&mut entropy)?);
+            }
+            d.ephemeral = ephemeral.clone();
+            d.hello = payload.clone();
+        }
         let mut frame = hello::hello_header(PROTOCOL_VERSION, profile.code(), c.suite.code(), &hint);
         let prologue = hello::prologue(&frame);
         let name = noise::protocol_name(profile, c.suite);
@@ -670,7 +712,7 @@ impl Handshake {
             x25519: c.x25519,
             remote: c.remote_key.as_ref(),
             psk: c.psk.as_ref().map(|(_, k)| (3, k)),
-            fixed_ephemeral: c.fixed_ephemeral.as_ref(),
+            fixed_ephemeral: ephemeral.as_ref(),
             entropy,
         })?;
         let host_key = c.remote_key;
@@ -679,7 +721,50 @@ impl Handshake {
         if let Some(host) = host_key {
             self.events.peer = Some(host.fingerprint());
         }
+        let h1 = self.current_hash();
+        if let Some(d) = self.datagram.as_mut() {
+            d.h1 = h1;
+        }
         Ok(frame)
+    }
+
+    /// Datagram mode, XX/XXpsk3 initiator after a message 2 that authenticated but was
+    /// refused: rebuilds the Noise state as it was after message 1 (re-writing message 1 from
+    /// the same keys and payload) and checks that it is: the handshake hash must equal `h1`.
+    fn rebuild_after_message_1(&mut self) -> Result<(), Error> {
+        let (Some(d), Side::Initiator(c), Some(profile)) = (&self.datagram, &self.side, self.profile) else {
+            return Err(HandshakeError::UnexpectedMessage.into());
+        };
+        let h1 = d.h1.ok_or(HandshakeError::UnexpectedMessage)?;
+        let header = hello::hello_header(
+            PROTOCOL_VERSION,
+            profile.code(),
+            c.suite.code(),
+            &Self::hello_hint(c, profile),
+        );
+        let prologue = hello::prologue(&header);
+        let name = noise::protocol_name(profile, c.suite);
+        let mut state = noise::build(NoiseSetup {
+            protocol_name: &name,
+            initiator: true,
+            prologue: &prologue,
+            local: &c.keypair,
+            x25519: c.x25519,
+            remote: c.remote_key.as_ref(),
+            psk: c.psk.as_ref().map(|(_, k)| (3, k)),
+            fixed_ephemeral: d.ephemeral.as_ref(),
+            entropy: Some(Box::new(NoEntropy)),
+        })?;
+        let mut scratch = vec![0u8; MAX_HANDSHAKE_FRAME_LEN];
+        state.write_message(&d.hello, &mut scratch).map_err(noise::map_err)?;
+        if state.get_handshake_hash().get(..32) != Some(&h1[..]) {
+            return Err(HandshakeError::Noise.into());
+        }
+        self.events.peer = c.remote_key.map(|k| k.fingerprint());
+        self.noise = Some(state);
+        self.peer_params = None;
+        self.h2 = None;
+        Ok(())
     }
 
     /// Reads one handshake frame body (as split out by the stream decoder).
@@ -780,6 +865,18 @@ impl Handshake {
             }
             chosen = found.ok_or(HandshakeError::AuthenticationFailed)?;
         }
+        let mut entropy = c.entropy.take();
+        let mut ephemeral = c.fixed_ephemeral.clone();
+        if let Some(d) = self.datagram.as_mut() {
+            // Datagram mode: draw the ephemeral key here (from the same source snow would
+            // use) and keep it with the HELLO, so that the state can be rebuilt after a
+            // forged message 3.
+            if ephemeral.is_none() {
+                ephemeral = Some(draw_ephemeral(&mut entropy)?);
+            }
+            d.hello = h.header.to_vec();
+            d.hello.extend_from_slice(h.noise);
+        }
         let state = noise::build(NoiseSetup {
             x25519: c.x25519,
             ..setup(
@@ -788,10 +885,13 @@ impl Handshake {
                 candidates[chosen],
                 remote.as_ref(),
                 psk.as_ref(),
-                c.entropy.take(),
-                c.fixed_ephemeral.as_ref(),
+                entropy,
+                ephemeral.as_ref(),
             )
         })?;
+        if let Some(d) = self.datagram.as_mut() {
+            d.ephemeral = ephemeral;
+        }
         self.noise = Some(state);
         self.profile = Some(profile);
         self.suite = Some(suite);
@@ -802,19 +902,24 @@ impl Handshake {
     }
 
     fn read_noise(&mut self, message: &[u8]) -> Result<(), Error> {
-        let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
         let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
         let mut payload = vec![0u8; message.len()];
         let n = noise.read_message(message, &mut payload).map_err(noise::map_err)?;
         payload.truncate(n);
+        self.read_payload(&payload)
+    }
+
+    /// What follows a Noise message that authenticated: its payload.
+    fn read_payload(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let profile = self.profile.ok_or(HandshakeError::UnexpectedMessage)?;
         if let Some(key) = self.remote_static() {
             self.events.peer = Some(key.fingerprint());
         }
         match self.role() {
-            Role::Responder if self.index == Self::identity_index(profile) => self.read_identity(&payload),
+            Role::Responder if self.index == Self::identity_index(profile) => self.read_identity(payload),
             Role::Responder if !payload.is_empty() => {
                 // XX/XXpsk3 message 1 may carry a pairing commitment and nothing else.
-                let commitment = payload::decode_pairing_commitment(&payload)?;
+                let commitment = payload::decode_pairing_commitment(payload)?;
                 let Side::Responder(c) = &self.side else { unreachable!() };
                 if !c.allow_pairing {
                     return Err(
@@ -825,7 +930,7 @@ impl Handshake {
                 Ok(())
             }
             Role::Responder => Ok(()),
-            Role::Initiator => self.read_params(&payload),
+            Role::Initiator => self.read_params(payload),
         }
     }
 
@@ -902,6 +1007,10 @@ impl Handshake {
             return Err(HandshakeError::UnexpectedMessage.into());
         };
         let mut finished = noise::finish(state, suite, self.cipher_backend())?;
+        if let Some(d) = &self.datagram {
+            // Datagram mode: the responder's first transport packet (counter 0, §13.3).
+            return Ok(crate::datagram::seal_first_close(&finished.tx, d.peer_index, code));
+        }
         let mut body = FrameHeader::new(FrameKind::CLOSE, 0).encode().to_vec();
         body.extend_from_slice(&code.0.to_be_bytes());
         let tag = finished.tx.seal_in_place(&[], &mut body)?;
@@ -914,6 +1023,125 @@ impl Handshake {
             Side::Initiator(c) => c.cipher,
             Side::Responder(c) => c.cipher,
         }
+    }
+
+    /// Datagram mode (spec §13.3): frames a refusal CLOSE as a transport packet addressed to
+    /// `peer_index` (responder), and keeps what it takes to survive a forged message 3
+    /// (responder) or 2 (XX initiator).
+    pub(crate) fn for_datagrams(mut self, peer_index: u32) -> Self {
+        debug_assert!(self.noise.is_none(), "before the first message");
+        self.datagram = Some(DatagramState { peer_index, ephemeral: None, hello: Vec::new(), h1: None });
+        self
+    }
+
+    /// Datagram mode (spec §13.3): reads a handshake body from a link where anyone can inject
+    /// packets. A body that does not parse or fails Noise authentication is dropped with an
+    /// `authentication_failure` event ([`Error::Dropped`]) and the handshake goes on as if it
+    /// had not arrived. A REJECT (unauthenticated) is returned as
+    /// [`HandshakeError::Rejected`] without ending the handshake: the caller treats it as a
+    /// hint. An XX/XXpsk3 message 2 that authenticates but is refused (a key that is not
+    /// pinned, bad parameters) is undone and its error returned without ending the
+    /// handshake (anyone can produce one). Other failures after authentication (the
+    /// responder's refusal by trust) are fatal.
+    pub(crate) fn read_datagram_message(&mut self, frame: &[u8]) -> Result<(), Error> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if self.noise.is_none() || self.is_finished() || self.wants_write() {
+            return Err(Error::Dropped(DropReason::UnexpectedHandshake));
+        }
+        let message = match HandshakeFrame::decode(frame) {
+            Ok(HandshakeFrame::Message(m)) => m,
+            Ok(HandshakeFrame::Reject { reason, .. })
+                if self.role() == Role::Initiator && self.index == 1 =>
+            {
+                return Err(HandshakeError::Rejected(reason).into());
+            }
+            Ok(_) => return Err(Error::Dropped(DropReason::UnexpectedHandshake)),
+            Err(_) => {
+                self.events.push(EventKind::AuthenticationFailure);
+                return Err(Error::Dropped(DropReason::Malformed));
+            }
+        };
+        let noise = self.noise.as_mut().ok_or(HandshakeError::UnexpectedMessage)?;
+        let mut payload = vec![0u8; message.len()];
+        let read = noise.read_message(message, &mut payload);
+        let Ok(n) = read else {
+            self.events.push(EventKind::AuthenticationFailure);
+            if self.role() == Role::Responder {
+                if let Err(e) = self.rebuild_after_message_2() {
+                    return Err(self.fail(e));
+                }
+            }
+            return Err(Error::Dropped(DropReason::AuthenticationFailed));
+        };
+        payload.truncate(n);
+        match self.read_payload(&payload) {
+            Ok(()) => {
+                self.index += 1;
+                Ok(())
+            }
+            // XX, XXpsk3 message 2 authenticates whoever sent it: refused (a key that is not
+            // pinned, bad parameters), it may be a forgery. Undo it and wait for another.
+            Err(e)
+                if self.role() == Role::Initiator
+                    && self.profile.is_some_and(|p| p.message_count() == 3)
+                    && self.rebuild_after_message_1().is_ok() =>
+            {
+                self.events.push(EventKind::AuthenticationFailure);
+                Err(e)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Datagram mode, responder waiting for message 3: rebuilds the Noise state as it was
+    /// after message 2 from the HELLO and the ephemeral key (no randomness needed), and checks
+    /// that it is: the handshake hash must equal `h2`.
+    fn rebuild_after_message_2(&mut self) -> Result<(), Error> {
+        let (Some(d), Side::Responder(c), Some(h2)) = (&self.datagram, &self.side, self.h2) else {
+            return Ok(());
+        };
+        if self.index != 2 {
+            return Ok(());
+        }
+        let Ok(HandshakeFrame::Hello(h)) = HandshakeFrame::decode(&d.hello) else {
+            return Err(HandshakeError::Noise.into());
+        };
+        let (profile, suite, remote, psk) = accept_hello(c, &h).map_err(|(_, e)| e)?;
+        let prologue = hello::prologue(h.header);
+        let name = noise::protocol_name(profile, suite);
+        let mut state = noise::build(NoiseSetup {
+            protocol_name: &name,
+            initiator: false,
+            prologue: &prologue,
+            local: &c.keypair,
+            x25519: c.x25519,
+            remote: remote.as_ref(),
+            psk: psk.as_ref().map(|k| (3, k)),
+            fixed_ephemeral: d.ephemeral.as_ref(),
+            entropy: Some(Box::new(NoEntropy)),
+        })?;
+        let mut scratch = vec![0u8; MAX_HANDSHAKE_FRAME_LEN];
+        state.read_message(h.noise, &mut scratch).map_err(noise::map_err)?;
+        state.write_message(&c.params.encode()?, &mut scratch).map_err(noise::map_err)?;
+        if state.get_handshake_hash().get(..32) != Some(&h2[..]) {
+            return Err(HandshakeError::Noise.into());
+        }
+        self.noise = Some(state);
+        Ok(())
+    }
+
+    /// Datagram mode, initiator: ends the handshake at its deadline with the refusal that was
+    /// the only answer (a REJECT, or a message 2 with a key that is not pinned; spec §13.3).
+    pub(crate) fn fail_at_deadline(&mut self, e: Error) -> Error {
+        self.events.push(EventKind::TimerExpired { timer: crate::events::Timer::Handshake });
+        self.fail(e)
+    }
+
+    /// Records a security event (datagram mode: a forged packet seen by the handshake).
+    pub(crate) fn record(&mut self, kind: EventKind) {
+        self.events.push(kind);
     }
 
     /// Consumes the finished handshake into a stream [`Session`].
@@ -1020,6 +1248,18 @@ impl Handshake {
         self.timeout_ms = ms;
         self
     }
+}
+
+/// Datagram mode: an ephemeral private key drawn from the configured source (or the default
+/// one), as snow would draw it, so that the handshake can keep it for a rebuild.
+fn draw_ephemeral(entropy: &mut Option<Box<dyn EntropySource>>) -> Result<PrivateKey, HandshakeError> {
+    let mut e = zeroize::Zeroizing::new([0u8; crate::keys::KEY_LEN]);
+    let drawn = match entropy.as_mut() {
+        Some(source) => source.fill(&mut e[..]),
+        None => default_entropy()?.fill(&mut e[..]),
+    };
+    drawn.map_err(|_| HandshakeError::NoEntropy)?;
+    Ok(PrivateKey::from_bytes(*e))
 }
 
 #[cfg(feature = "std")]
