@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use vitalwire::{EntropyError, EntropySource, KeyError};
+use vitalwire::{EntropySource, KeyError};
 use zeroize::Zeroizing;
 
 /// Per-source token buckets: `burst` handshakes at once, refilled at `per_second`.
@@ -144,6 +144,8 @@ mod tests {
         assert!(jar.check(&c, &a, now + Duration::from_secs(15)), "the previous period is accepted");
         assert!(!jar.check(&c, &a, now + Duration::from_secs(25)));
     }
+
+    use vitalwire::EntropyError;
 
     struct Fixed(Option<u8>);
     impl EntropySource for Fixed {
