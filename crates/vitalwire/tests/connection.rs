@@ -250,3 +250,46 @@ fn a_failing_entropy_source_fails_the_handshake_with_a_typed_error() {
     assert!(matches!(r, Err(Error::Handshake(_))), "{r:?}");
     assert_eq!(host.state(), ConnectionState::Failed);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// However DATA and unknown-kind frames are mixed and however the bytes are cut into
+    /// reads, every DATA frame is delivered once, in order, and no read fails.
+    #[test]
+    fn unknown_kinds_never_cost_data_whatever_the_reads(
+        frames in proptest::collection::vec((proptest::prelude::any::<bool>(), 0u8..40), 1..24),
+        cuts in proptest::collection::vec(0usize..4096, 0..8),
+    ) {
+        let (mut dev, mut host) = pair();
+        let mut wire = Vec::new();
+        let mut sent = Vec::new();
+        for (i, (unknown, len)) in frames.iter().enumerate() {
+            let payload = vec![i as u8; *len as usize];
+            if *unknown {
+                wire.extend_from_slice(&dev.send_raw_for_testing_only(0x40 + (i as u8 % 32), 0, 0, &payload).unwrap());
+            } else {
+                wire.extend_from_slice(&dev.send(1, &payload).unwrap());
+                sent.push(payload);
+            }
+        }
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut got = Vec::new();
+        for w in cuts.windows(2) {
+            for m in host.receive(&wire[w[0]..w[1]]).unwrap() {
+                match m {
+                    Incoming::Data { payload, .. } => got.push(payload.to_vec()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        proptest::prop_assert_eq!(got, sent);
+        proptest::prop_assert_eq!(host.state(), ConnectionState::Established);
+        let unknown = frames.iter().filter(|(u, _)| *u).count();
+        let reported = host.take_events().iter().filter(|e| matches!(e.kind, EventKind::UnknownFrameKind { .. })).count();
+        proptest::prop_assert_eq!(reported, unknown);
+    }
+}
