@@ -63,11 +63,13 @@ fn err(e: vw::Error) -> PyErr {
         E::Handshake(H::Timeout) | E::DeadPeer | E::SessionExpired => SessionTimeoutError::new_err(msg),
         E::Handshake(_) => HandshakeError::new_err(msg),
         E::Dropped(D::Replay | D::TooOld) => ReplayError::new_err(msg),
+        // Not fatal: one datagram is gone, the session goes on (as in Kotlin and Swift).
         E::Dropped(_) => DecodeError::new_err(msg),
         E::Truncated => TruncatedError::new_err(msg),
         E::Closed | E::ClosedByPeer(_) => ClosedError::new_err(msg),
         E::PayloadTooLarge { .. } => PayloadTooLargeError::new_err(msg),
-        E::Config(_) => ConfigError::new_err(msg),
+        // Local misuse, not the peer's fault; the session goes on.
+        E::Config(_) | E::PairingSession => ConfigError::new_err(msg),
         E::Key(_) => KeyFileError::new_err(msg),
         _ => ProtocolError::new_err(msg),
     }
@@ -497,9 +499,12 @@ impl Connection {
         PyBytes::new(py, &lock(&self.inner).take_output())
     }
 
-    /// Feeds bytes received from the link; returns the messages they completed. Raises on
-    /// tampering, protocol violations and handshake failures (the connection then stays
-    /// failed; what it queued for the peer is in `data_to_send()`).
+    /// Feeds bytes received from the link; returns every message they completed. A frame of
+    /// unknown kind is skipped and reported in `events()`, never raised. Raises on tampering,
+    /// protocol violations and handshake failures (the connection then stays failed; what it
+    /// queued for the peer is in `data_to_send()`); when messages authenticated before the
+    /// failure in the same bytes, they are returned first, `state` is "failed", and the next
+    /// call raises (`poll_timeout()` is then due at once).
     fn receive<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Vec<Message>> {
         let incoming = if let Ok(b) = data.cast::<PyBytes>() {
             let bytes: &[u8] = b.as_bytes();
@@ -557,6 +562,22 @@ impl Connection {
     #[pyo3(signature = (code = 0))]
     fn close<'py>(&self, py: Python<'py>, code: u16) -> PyResult<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(py, &self.run(py, false, |c| c.close(vw::CloseCode(code)))?))
+    }
+
+    /// Seals a frame with any kind, flags and channel (a newer peer's kinds, broken frames):
+    /// for tests of how a peer handles them, never for applications.
+    #[pyo3(signature = (kind, flags, channel, payload))]
+    fn send_raw_for_testing_only<'py>(
+        &self,
+        py: Python<'py>,
+        kind: u8,
+        flags: u8,
+        channel: u8,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = owned_bytes(payload)?;
+        let wire = self.run(py, false, |c| c.send_raw_for_testing_only(kind, flags, channel, &data))?;
+        Ok(PyBytes::new(py, &wire))
     }
 
     /// The link ended. Raises `TruncatedError` unless the peer's CLOSE was received.

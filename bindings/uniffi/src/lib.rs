@@ -57,10 +57,7 @@ impl From<vw::Error> for VitalwireError {
         use vw::{DropReason as D, Error as E, HandshakeError as H};
         let reason = e.to_string();
         match e {
-            E::Decode(_)
-            | E::Dropped(D::Malformed | D::UnknownIndex | D::UnexpectedHandshake | D::StaleKey | D::Limit) => {
-                VitalwireError::Decode { reason }
-            }
+            E::Decode(_) => VitalwireError::Decode { reason },
             E::Handshake(H::UnknownPeer | H::RevokedPeer | H::UnexpectedPeerKey)
             | E::Handshake(H::Rejected(vw::RejectReason::UnknownCredential))
             | E::Unauthorized => VitalwireError::UntrustedPeer { reason },
@@ -70,10 +67,13 @@ impl From<vw::Error> for VitalwireError {
             E::Handshake(H::Timeout) | E::DeadPeer | E::SessionExpired => VitalwireError::Timeout { reason },
             E::Handshake(_) => VitalwireError::Handshake { reason },
             E::Dropped(D::Replay | D::TooOld) => VitalwireError::Replay { reason },
+            // Not fatal: one datagram is gone, the session goes on (as in Python).
+            E::Dropped(_) => VitalwireError::Decode { reason },
             E::Truncated => VitalwireError::Truncated { reason },
             E::Closed | E::ClosedByPeer(_) => VitalwireError::Closed { reason },
             E::PayloadTooLarge { .. } => VitalwireError::PayloadTooLarge { reason },
-            E::Config(_) => VitalwireError::Config { reason },
+            // Local misuse, not the peer's fault; the session goes on.
+            E::Config(_) | E::PairingSession => VitalwireError::Config { reason },
             E::Key(_) => VitalwireError::KeyFile { reason },
             _ => VitalwireError::Protocol { reason },
         }
@@ -388,7 +388,10 @@ impl Connection {
         lock(&self.inner).take_output().to_vec()
     }
 
-    /// Feeds received bytes; returns the messages they completed.
+    /// Feeds received bytes; returns every message they completed. A frame of unknown kind
+    /// is skipped and reported in `events()`, never an error. A fatal error after messages
+    /// in the same bytes: the messages are returned, `state()` is "failed", and the error
+    /// comes with the next call (`poll_timeout()` is then due at once).
     pub fn receive(&self, data: Vec<u8>) -> Result<Vec<Message>, VitalwireError> {
         Ok(self.run(|c| c.receive(&data))?.into_iter().map(message).collect())
     }
@@ -553,5 +556,117 @@ impl FragmentLink {
             Ok(d) => Ok(d.map(|d| d.to_vec())),
             Err(drop) => Err(VitalwireError::Decode { reason: format!("fragment dropped: {drop:?}") }),
         }
+    }
+}
+
+/// The behaviour Kotlin and Swift see, driven through the exported Rust functions (the
+/// generated code is a thin skin over them): a device made with the core seals the frames a
+/// binding cannot (a newer peer's kinds).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Arc<Connection> {
+        let keypair = Keypair::from_private(vec![0x11; 32]).unwrap();
+        let trust = TrustStore::new();
+        let device = vw::Keypair::from_private(vw::PrivateKey::from_bytes([0x22; 32]));
+        trust.add(device.public().as_bytes().to_vec(), "PM-1".into(), "test".into()).unwrap();
+        let options = ResponderOptions {
+            max_frame_len: 65535,
+            rekey_interval: 1 << 20,
+            max_message_len: 1 << 22,
+            allow_pairing: false,
+            psk_ids: vec![],
+            psks: vec![],
+            ephemeral_for_testing_only: None,
+        };
+        Connection::responder(keypair, trust, options).unwrap()
+    }
+
+    fn pair() -> (vw::Connection, Arc<Connection>) {
+        let host = host();
+        let identity = vw::DeviceIdentity {
+            device_id: "PM-1".into(),
+            model: String::new(),
+            firmware: String::new(),
+            max_frame_len: 65535,
+        };
+        let device = vw::Keypair::from_private(vw::PrivateKey::from_bytes([0x22; 32]));
+        let host_key = vw::Keypair::from_private(vw::PrivateKey::from_bytes([0x11; 32]));
+        let cfg = vw::InitiatorConfig::new(vw::Profile::Ik, device, identity).host_key(*host_key.public());
+        let mut dev = vw::Connection::new(vw::Handshake::initiator(cfg).unwrap()).unwrap();
+        for _ in 0..3 {
+            host.receive(dev.take_output().to_vec()).unwrap();
+            dev.receive(&host.data_to_send()).unwrap();
+        }
+        assert_eq!(host.state(), "established");
+        (dev, host)
+    }
+
+    fn data(messages: &[Message]) -> Vec<(u8, &[u8])> {
+        messages.iter().filter(|m| m.kind == "data").map(|m| (m.channel, &m.payload[..])).collect()
+    }
+
+    /// Issue #14 item 2: an unknown kind between DATA frames is skipped and reported as an
+    /// event; both DATA frames are delivered and no exception is thrown.
+    #[test]
+    fn an_unknown_kind_between_frames_loses_nothing() {
+        let (mut dev, host) = pair();
+        host.events();
+        let wire = [
+            dev.send(1, b"before").unwrap(),
+            dev.send_raw_for_testing_only(0x42, 0, 0, b"a newer kind").unwrap(),
+            dev.send(2, b"after").unwrap(),
+        ]
+        .concat();
+        let got = host.receive(wire).unwrap();
+        assert_eq!(data(&got), vec![(1, &b"before"[..]), (2, &b"after"[..])]);
+        assert_eq!(host.state(), "established");
+        assert!(host
+            .events()
+            .iter()
+            .any(|e| e.kind == "unknown_frame_kind" && e.json.contains("\"kind\":66")));
+    }
+
+    /// A failure after good frames: they are delivered, the connection is failed, and the
+    /// next call throws the error.
+    #[test]
+    fn a_failure_after_good_frames_delivers_them_then_throws() {
+        let (mut dev, host) = pair();
+        let good = dev.send(1, b"HR=72").unwrap();
+        let mut bad = dev.send(1, b"HR=73").unwrap();
+        bad[4] ^= 1;
+        let got = host.receive([good, bad].concat()).unwrap();
+        assert_eq!(data(&got), vec![(1, &b"HR=72"[..])]);
+        assert_eq!(host.state(), "failed");
+        assert!(host.poll_timeout().is_some(), "the held-back error is due at once");
+        assert!(matches!(host.receive(vec![]), Err(VitalwireError::Authentication { .. })));
+        assert_eq!(host.poll_timeout(), None);
+    }
+
+    /// Issue #15 / #14 item 5: the same classes as Python; non-fatal errors never map to the
+    /// "peer broke the protocol" class.
+    #[test]
+    fn errors_map_like_python() {
+        use vw::DropReason as D;
+        let class = |e: vw::Error| match VitalwireError::from(e) {
+            VitalwireError::Decode { .. } => "decode",
+            VitalwireError::Replay { .. } => "replay",
+            VitalwireError::Authentication { .. } => "authentication",
+            VitalwireError::Config { .. } => "config",
+            VitalwireError::Closed { .. } => "closed",
+            VitalwireError::Protocol { .. } => "protocol",
+            _ => "other",
+        };
+        for d in [D::Malformed, D::UnknownIndex, D::UnexpectedHandshake, D::StaleKey, D::Limit] {
+            assert_eq!(class(vw::Error::Dropped(d)), "decode", "{d:?}");
+        }
+        assert_eq!(class(vw::Error::Dropped(D::Replay)), "replay");
+        assert_eq!(class(vw::Error::Dropped(D::TooOld)), "replay");
+        assert_eq!(class(vw::Error::Dropped(D::AuthenticationFailed)), "authentication");
+        assert_eq!(class(vw::Error::PairingSession), "config");
+        assert_eq!(class(vw::Error::Closed), "closed");
+        assert_eq!(class(vw::Error::ClosedByPeer(vw::CloseCode::NORMAL)), "closed");
+        assert_eq!(class(vw::Error::Protocol(vw::ProtocolError::Malformed)), "protocol");
     }
 }

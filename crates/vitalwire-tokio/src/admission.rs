@@ -198,16 +198,12 @@ where
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         return None;
     };
-    // Until its key is confirmed the session keeps its half-open slot (and can be evicted from
-    // it): a replayed HELLO holds nothing longer than the handshake deadline.
-    let confirmed = tokio::select! {
-        r = crate::host::confirm(shared, framed, &mut session, deadline, source) => r,
-        _ = &mut evicted => {
-            refuse(shared, EventKind::LimitExceeded { limit: Limit::HalfOpenHandshakes }, source);
-            Err(())
-        }
-    };
+    // The Diffie-Hellman work is done: the slot is free for the next handshake. Until its key
+    // is confirmed (spec §4.8) the session is no session (no event, no session slot) and
+    // lives at most until the handshake deadline, so a replayed HELLO holds nothing beyond
+    // it; an honest device confirms within a round trip and is never evicted for it.
     drop(ticket);
+    let confirmed = crate::host::confirm(shared, framed, &mut session, deadline, source).await;
     confirmed.ok().map(|first| (session, first))
 }
 

@@ -512,7 +512,7 @@ async fn on_frame(
 
 /// Key confirmation (spec §4.8). IK/KK: a replayed HELLO gets as far as a finished handshake,
 /// so the session counts, and is reported, only once the device's first frame authenticates
-/// (before `deadline`, the handshake's); until then the caller keeps its half-open slot.
+/// (before `deadline`, the handshake's); until then it is not a session.
 /// Returns that first frame, opened (`None` when the handshake itself confirmed the session:
 /// XX), or `Err` when the connection must end (its events recorded).
 pub(crate) async fn confirm<S: AsyncRead + AsyncWrite + Unpin>(

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use vitalwire::{EntropySource, KeyError};
+use zeroize::Zeroizing;
 
 /// Per-source token buckets: `burst` handshakes at once, refilled at `per_second`.
 ///
@@ -91,23 +93,36 @@ impl RateLimiter {
 }
 
 /// Stateless cookies for UDP (spec §13.8): `SHA-256(secret || epoch || address)[0..16]`, the
-/// secret rotating every `period`, the previous epoch still accepted.
-#[derive(Debug)]
+/// secret rotating every `period`, the previous epoch still accepted. The 32-byte secret comes
+/// from the random number generator (a jar cannot be made without one: an all-zero secret
+/// would make cookies forgeable), is zeroized on drop and is never printed.
 pub struct CookieJar {
-    secret: [u8; 32],
+    secret: Zeroizing<[u8; 32]>,
     period: Duration,
     start: Instant,
+}
+
+impl std::fmt::Debug for CookieJar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieJar").field("period", &self.period).finish_non_exhaustive()
+    }
 }
 
 /// Bytes of a cookie.
 pub const COOKIE_LEN: usize = 16;
 
 impl CookieJar {
-    /// A jar with a random secret.
-    pub fn new(period: Duration) -> Self {
-        let mut secret = [0u8; 32];
-        let _ = vitalwire::EntropySource::fill(&mut vitalwire::OsEntropy, &mut secret);
-        CookieJar { secret, period, start: Instant::now() }
+    /// A jar with a secret from the operating system's random number generator; fails with
+    /// [`KeyError::Rng`] when the generator does.
+    pub fn new(period: Duration) -> Result<Self, KeyError> {
+        Self::with_entropy(period, &mut vitalwire::OsEntropy)
+    }
+
+    /// A jar with a secret from `entropy`; fails with [`KeyError::Rng`] when it does.
+    pub fn with_entropy(period: Duration, entropy: &mut dyn EntropySource) -> Result<Self, KeyError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        entropy.fill(&mut secret[..]).map_err(|_| KeyError::Rng)?;
+        Ok(CookieJar { secret, period, start: Instant::now() })
     }
 
     fn epoch(&self, now: Instant) -> u64 {
@@ -116,7 +131,7 @@ impl CookieJar {
 
     fn cookie_at(&self, epoch: u64, addr: &std::net::SocketAddr) -> [u8; COOKIE_LEN] {
         let mut h = Sha256::new();
-        h.update(self.secret);
+        h.update(&self.secret[..]);
         h.update(epoch.to_be_bytes());
         h.update(addr.to_string().as_bytes());
         let d = h.finalize();
@@ -187,7 +202,7 @@ mod tests {
 
     #[test]
     fn cookies_bind_the_address_and_expire() {
-        let jar = CookieJar::new(Duration::from_secs(10));
+        let jar = CookieJar::new(Duration::from_secs(10)).unwrap();
         let now = Instant::now();
         let a = "127.0.0.1:4000".parse().unwrap();
         let b = "127.0.0.1:4001".parse().unwrap();
@@ -196,5 +211,39 @@ mod tests {
         assert!(!jar.check(&c, &b, now));
         assert!(jar.check(&c, &a, now + Duration::from_secs(15)), "the previous period is accepted");
         assert!(!jar.check(&c, &a, now + Duration::from_secs(25)));
+    }
+
+    use vitalwire::EntropyError;
+
+    struct Fixed(Option<u8>);
+    impl EntropySource for Fixed {
+        fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError> {
+            let b = self.0.ok_or(EntropyError)?;
+            dest.fill(b);
+            Ok(())
+        }
+    }
+
+    /// Issue #14 item 11: no jar without entropy (its all-zero secret made cookies anyone could
+    /// compute), and the secret never shows in `Debug`.
+    #[test]
+    fn a_jar_needs_entropy_and_keeps_its_secret() {
+        let period = Duration::from_secs(10);
+        assert_eq!(CookieJar::with_entropy(period, &mut Fixed(None)).err(), Some(KeyError::Rng));
+        let jar = CookieJar::with_entropy(period, &mut Fixed(Some(0xAB))).unwrap();
+        let text = format!("{jar:?} {jar:#?}");
+        assert!(
+            text.contains("CookieJar") && !text.contains("171") && !text.to_lowercase().contains("ab, "),
+            "{text}"
+        );
+        // The secret is the one drawn: an attacker computing cookies with a zero secret fails.
+        let a = "192.0.2.1:4000".parse().unwrap();
+        let now = Instant::now();
+        let zero = CookieJar::with_entropy(period, &mut Fixed(Some(0))).unwrap();
+        assert!(!jar.check(&zero.cookie(&a, now), &a, now));
+        assert!(jar.check(&jar.cookie(&a, now), &a, now));
+        // Two jars from the OS generator have different secrets.
+        let (x, y) = (CookieJar::new(period).unwrap(), CookieJar::new(period).unwrap());
+        assert_ne!(x.cookie(&a, now), y.cookie(&a, now));
     }
 }

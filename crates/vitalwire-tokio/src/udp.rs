@@ -45,7 +45,8 @@ pub async fn serve_udp(host: &Host, socket: UdpSocket) -> std::io::Result<()> {
         HostLimits { max_half_open: shared.config.max_half_open, max_sessions: shared.config.max_sessions };
     let mut dh: DatagramHost<SocketAddr> =
         DatagramHost::new(Box::new(move || factory()), config, limits, Box::new(OsEntropy));
-    let jar = CookieJar::new(Duration::from_secs(120));
+    // No cookies without entropy: an unguessable secret is what makes them unforgeable.
+    let jar = CookieJar::new(Duration::from_secs(120)).map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut stop = shared.shutdown.subscribe();
     let mut trust = shared.trust_epoch.subscribe();
     let mut buf = vec![0u8; 65_536];

@@ -28,6 +28,9 @@ async fn start(
     let policy: Arc<dyn TrustPolicy> = trust.clone();
     let mut config = HostConfig::new(move || ResponderConfig::new(host_keys(), policy.clone()));
     config.trust = Some(trust);
+    // Every forgery is counted one by one here (the aggregation of repeated events per
+    // source is tested in tests/host.rs).
+    config.events_per_interval = 1_000;
     let (host, telemetry, events) = Host::new(config);
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();

@@ -6,13 +6,18 @@
 //! ```text
 //! loop { link.write(conn.take_output()); for m in conn.receive(link.read())? { ... } }
 //! ```
+//!
+//! Every message that authenticated is delivered: an authentic frame of unknown kind between
+//! two DATA frames is discarded and reported as an event (spec §5.3), and a fatal error is
+//! reported only after the messages authenticated before it in the same input.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use bytes::BytesMut;
 
 use crate::error::Error;
-use crate::events::{SecurityEvent, Timestamp};
+use crate::events::{SecurityEvent, Timestamp, EVENT_QUEUE_CAPACITY};
 use crate::frame::CloseCode;
 use crate::handshake::Handshake;
 use crate::session::{Incoming, Session};
@@ -43,7 +48,13 @@ pub struct Connection {
     recv: BytesMut,
     out: BytesMut,
     decoder: StreamDecoder,
-    events: Vec<SecurityEvent>,
+    /// Drained from the handshake or session, waiting for [`Connection::take_events`];
+    /// bounded like their own queues (the oldest is dropped and counted).
+    events: VecDeque<SecurityEvent>,
+    events_dropped: u64,
+    /// Whether the error of `Phase::Failed` has been returned to the caller yet (it is held
+    /// back while messages authenticated before it are delivered).
+    error_reported: bool,
     now: Timestamp,
 }
 
@@ -62,7 +73,9 @@ impl Connection {
             phase: Phase::Handshaking(alloc::boxed::Box::new(handshake)),
             recv: BytesMut::new(),
             out: BytesMut::new(),
-            events: Vec::new(),
+            events: VecDeque::new(),
+            events_dropped: 0,
+            error_reported: true,
             now: Timestamp(0),
         };
         c.advance()?;
@@ -107,10 +120,35 @@ impl Connection {
 
     fn drain_events(&mut self) {
         let now = self.now;
-        match &mut self.phase {
-            Phase::Handshaking(h) => self.events.extend(core::iter::from_fn(|| h.poll_event(now))),
-            Phase::Established(s) => self.events.extend(core::iter::from_fn(|| s.poll_event(now))),
-            Phase::Failed(_) => {}
+        loop {
+            let event = match &mut self.phase {
+                Phase::Handshaking(h) => h.poll_event(now),
+                Phase::Established(s) => s.poll_event(now),
+                Phase::Failed(_) => None,
+            };
+            match event {
+                Some(e) => self.push_event(e),
+                None => break,
+            }
+        }
+    }
+
+    fn push_event(&mut self, event: SecurityEvent) {
+        if self.events.len() >= EVENT_QUEUE_CAPACITY {
+            self.events.pop_front();
+            self.events_dropped = self.events_dropped.saturating_add(1);
+        }
+        self.events.push_back(event);
+    }
+
+    /// The error of a failed connection, now reported to the caller.
+    fn failed_error(&mut self) -> Option<Error> {
+        match self.phase {
+            Phase::Failed(e) => {
+                self.error_reported = true;
+                Some(e)
+            }
+            _ => None,
         }
     }
 
@@ -134,7 +172,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Records a fatal error (queuing whatever the peer should hear) and returns it.
+    /// Records a fatal error (queuing whatever the peer should hear) and returns it. A
+    /// non-fatal one leaves the connection as it was.
     fn fail(&mut self, e: Error) -> Error {
         self.drain_events();
         if !e.is_fatal() {
@@ -144,26 +183,36 @@ impl Connection {
             Phase::Established(s) => {
                 s.poll_transmit(&mut self.out);
             }
-            Phase::Handshaking(h) => {
-                while h.wants_write() && h.write_message(&mut self.out).is_ok() {}
-                let now = self.now;
-                self.events.extend(core::iter::from_fn(|| h.poll_event(now)));
-            }
-            Phase::Failed(first) => return *first,
+            Phase::Handshaking(h) => while h.wants_write() && h.write_message(&mut self.out).is_ok() {},
+            Phase::Failed(_) => {}
         }
-        self.phase = Phase::Failed(e);
-        e
+        // The REJECT or CLOSE just written may have queued events.
+        self.drain_events();
+        if !matches!(self.phase, Phase::Failed(_)) {
+            self.phase = Phase::Failed(e);
+        }
+        self.failed_error().unwrap_or(e)
     }
 
-    /// Feeds bytes from the link; returns what they completed. On a fatal error the connection
-    /// stays failed and what it queued for the peer is in [`Connection::take_output`]; a
-    /// non-fatal one (an unknown frame kind) is returned once and the connection goes on.
+    /// Feeds bytes from the link; returns every message they completed, in order.
+    ///
+    /// - An authentic frame of unknown kind is discarded (spec §5.3): it is reported as an
+    ///   `unknown_frame_kind` event ([`Connection::take_events`]), never as an error, and the
+    ///   frames around it are delivered.
+    /// - A fatal error fails the connection at once: [`Connection::state`] is `Failed` and
+    ///   what it queued for the peer (a CLOSE with the reason, a REJECT) is in
+    ///   [`Connection::take_output`]. If messages authenticated before the error in this
+    ///   input, they are returned now and the error is returned by the next call (this one
+    ///   again, with any input, or [`Connection::handle_timeout`], which
+    ///   [`Connection::poll_timeout`] schedules at once); otherwise the error is returned now.
+    ///   Authenticated data is never dropped because of what followed it.
     pub fn receive(&mut self, data: &[u8]) -> Result<Vec<Incoming>, Error> {
-        if let Phase::Failed(e) = self.phase {
+        if let Some(e) = self.failed_error() {
             return Err(e);
         }
         self.recv.extend_from_slice(data);
         let mut received = Vec::new();
+        let mut error = None;
         loop {
             let frame = match self.decoder.decode(&mut self.recv) {
                 Ok(Some(f)) => f,
@@ -173,29 +222,40 @@ impl Connection {
                         Phase::Established(s) => s.handle_decode_error(e),
                         _ => Error::Decode(e),
                     };
-                    return Err(self.fail(e));
+                    error = Some(self.fail(e));
+                    break;
                 }
             };
-            match &mut self.phase {
-                Phase::Handshaking(h) => {
-                    let read = h.read_message(&frame);
-                    if let Err(e) = read.and_then(|()| self.advance()) {
-                        return Err(self.fail(e));
-                    }
-                }
+            let r = match &mut self.phase {
+                Phase::Handshaking(h) => h.read_message(&frame).and_then(|()| self.advance()).map(|()| None),
                 Phase::Established(s) => {
                     let r = s.open(frame);
                     s.poll_transmit(&mut self.out);
-                    match r {
-                        Ok(incoming) => received.push(incoming),
-                        Err(e) => return Err(self.fail(e)),
-                    }
+                    r.map(Some)
                 }
-                Phase::Failed(e) => return Err(*e),
+                Phase::Failed(e) => Err(*e),
+            };
+            match r {
+                Ok(Some(incoming)) => received.push(incoming),
+                Ok(None) => {}
+                // Discarded by the session (an unknown kind, recorded as an event).
+                Err(e) if !e.is_fatal() => {}
+                Err(e) => {
+                    error = Some(self.fail(e));
+                    break;
+                }
             }
         }
         self.drain_events();
-        Ok(received)
+        match error {
+            Some(_) if !received.is_empty() => {
+                // Deliver what authenticated first; the error waits for the next call.
+                self.error_reported = false;
+                Ok(received)
+            }
+            Some(e) => Err(e),
+            None => Ok(received),
+        }
     }
 
     fn with_session<R>(
@@ -205,7 +265,7 @@ impl Connection {
         let r = match &mut self.phase {
             Phase::Established(s) => f(s, &mut self.out),
             Phase::Handshaking(_) => return Err(Error::Config("the handshake is not finished")),
-            Phase::Failed(e) => return Err(*e),
+            Phase::Failed(_) => return Err(self.failed_error().unwrap_or(Error::Closed)),
         };
         self.drain_events();
         r.map_err(|e| self.fail(e))
@@ -251,6 +311,22 @@ impl Connection {
         })
     }
 
+    /// Seals a frame with an arbitrary header (unknown kinds, reserved flags), to test how a
+    /// peer handles authentic frames that break the rules.
+    #[doc(hidden)]
+    pub fn send_raw_for_testing_only(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<BytesMut, Error> {
+        self.with_session(|s, _| {
+            let mut out = BytesMut::new();
+            s.seal_raw_for_testing_only(kind, flags, channel, payload, &mut out).map(|()| out)
+        })
+    }
+
     /// The link ended: `Ok` only after the peer's CLOSE.
     pub fn end_of_stream(&mut self) -> Result<(), Error> {
         if !self.recv.is_empty() {
@@ -264,7 +340,7 @@ impl Connection {
                 r
             }
             Phase::Handshaking(_) => Err(self.fail(Error::Truncated)),
-            Phase::Failed(e) => Err(*e),
+            Phase::Failed(_) => Err(self.failed_error().unwrap_or(Error::Truncated)),
         }
     }
 
@@ -278,24 +354,42 @@ impl Connection {
                 s.poll_transmit(&mut self.out);
                 r
             }
-            Phase::Failed(e) => return Err(*e),
+            Phase::Failed(_) => return Err(self.failed_error().unwrap_or(Error::Closed)),
         };
         self.drain_events();
         r.map_err(|e| self.fail(e))
     }
 
-    /// When to call [`Connection::handle_timeout`] next.
+    /// When to call [`Connection::handle_timeout`] next: at once (the last time passed in)
+    /// while a fatal error found by [`Connection::receive`] has not been returned yet.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match &self.phase {
             Phase::Handshaking(h) => h.poll_timeout(),
             Phase::Established(s) => s.poll_timeout(),
+            Phase::Failed(_) if !self.error_reported => Some(self.now),
             Phase::Failed(_) => None,
         }
     }
 
-    /// The security events since the last call.
+    /// The error that failed the connection, if one did.
+    pub fn error(&self) -> Option<Error> {
+        match self.phase {
+            Phase::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The security events since the last call (at most
+    /// [`EVENT_QUEUE_CAPACITY`] are kept between calls; older ones are dropped and counted
+    /// in [`Connection::events_dropped`]).
     pub fn take_events(&mut self) -> Vec<SecurityEvent> {
         self.drain_events();
-        core::mem::take(&mut self.events)
+        core::mem::take(&mut self.events).into()
+    }
+
+    /// Events dropped so far because [`Connection::take_events`] was not called often enough
+    /// (the handshake's and session's own queues count theirs in their security counters).
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
     }
 }

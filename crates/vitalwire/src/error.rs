@@ -327,12 +327,28 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error ends the session (it then sticks: every later call returns it).
-    /// Non-fatal errors leave the session usable.
+    /// Whether the error ends the session (it then sticks: every later call returns it, and
+    /// a `Connection` moves to `Failed`). Non-fatal errors leave the session as it was
+    /// (spec/PROTOCOL.md §8, "Error handling summary"):
+    ///
+    /// - refusals of a local request the session cannot carry out, with nothing sent or
+    ///   changed: [`Error::PayloadTooLarge`], [`Error::Config`], [`Error::Key`],
+    ///   [`Error::PairingSession`];
+    /// - reports of a session that already ended cleanly: [`Error::Closed`] (this side
+    ///   closed) and [`Error::ClosedByPeer`] (the peer closed); a clean close is not a failure;
+    /// - input the protocol discards and goes on: [`Error::UnknownFrameKind`] (§5.3) and
+    ///   [`Error::Dropped`] (a datagram dropped in datagram mode, §13.3).
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            Error::PayloadTooLarge { .. } | Error::UnknownFrameKind(_) | Error::Config(_) | Error::Key(_)
+            Error::PayloadTooLarge { .. }
+                | Error::UnknownFrameKind(_)
+                | Error::Config(_)
+                | Error::Key(_)
+                | Error::Dropped(_)
+                | Error::PairingSession
+                | Error::Closed
+                | Error::ClosedByPeer(_)
         )
     }
 
@@ -390,3 +406,44 @@ pub enum DropReason {
 
 /// Shorthand.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Local misuse, clean closes and discarded input never end a session; everything the
+    /// peer or the link did wrong does, and only those send a CLOSE.
+    #[test]
+    fn fatal_classification() {
+        let harmless = [
+            Error::PayloadTooLarge { len: 2, max: 1 },
+            Error::UnknownFrameKind(0x42),
+            Error::Config("x"),
+            Error::Key(KeyError::Rng),
+            Error::Dropped(DropReason::Replay),
+            Error::Dropped(DropReason::AuthenticationFailed),
+            Error::PairingSession,
+            Error::Closed,
+            Error::ClosedByPeer(CloseCode::NORMAL),
+            Error::ClosedByPeer(CloseCode::GOING_AWAY),
+        ];
+        for e in harmless {
+            assert!(!e.is_fatal(), "{e:?} must not be fatal");
+            assert_eq!(e.close_code(), None, "{e:?} sends no CLOSE");
+        }
+        let fatal = [
+            Error::Decode(DecodeError::EmptyFrame),
+            Error::Handshake(HandshakeError::Timeout),
+            Error::Protocol(ProtocolError::Malformed),
+            Error::AuthenticationFailed,
+            Error::NonceExhausted,
+            Error::Truncated,
+            Error::Unauthorized,
+            Error::DeadPeer,
+            Error::SessionExpired,
+        ];
+        for e in fatal {
+            assert!(e.is_fatal(), "{e:?} must be fatal");
+        }
+    }
+}

@@ -121,6 +121,26 @@ mod tests {
         assert_eq!(w.check(10_000), Err(ReplayVerdict::Duplicate));
     }
 
+    /// Counters at the ends of the range: no overflow, the window still slides and refuses.
+    #[test]
+    fn extreme_counters() {
+        let mut w = ReplayWindow::new(64);
+        w.accept(0);
+        assert_eq!(w.check(u64::MAX), Ok(()));
+        w.accept(u64::MAX);
+        assert_eq!(w.check(u64::MAX), Err(ReplayVerdict::Duplicate));
+        assert_eq!(w.check(0), Err(ReplayVerdict::TooOld));
+        assert_eq!(w.check(u64::MAX - 63), Ok(()));
+        assert_eq!(w.check(u64::MAX - 64), Err(ReplayVerdict::TooOld));
+        w.accept(u64::MAX - 63);
+        assert_eq!(w.check(u64::MAX - 63), Err(ReplayVerdict::Duplicate));
+        let mut w = ReplayWindow::new(128);
+        w.accept(u64::MAX - 1);
+        w.accept(u64::MAX);
+        assert_eq!(w.check(u64::MAX - 1), Err(ReplayVerdict::Duplicate));
+        assert_eq!(w.max(), Some(u64::MAX));
+    }
+
     #[test]
     fn sizes_round_up() {
         assert_eq!(ReplayWindow::new(1).size(), 64);

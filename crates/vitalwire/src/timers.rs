@@ -188,4 +188,37 @@ mod tests {
         let off = TimerState::new(TimerConfig::DISABLED);
         assert_eq!(off.next_deadline(), None);
     }
+
+    /// Any caller-supplied times and durations, the extremes included and a clock that jumps
+    /// back, are taken without overflow; deadlines saturate at the end of time.
+    #[test]
+    fn extreme_times_and_durations_saturate() {
+        for d in [Some(0), Some(1), Some(u64::MAX - 1), Some(u64::MAX), None] {
+            let cfg = TimerConfig { keepalive_ms: d, dead_peer_ms: d, rekey_after_ms: d, max_lifetime_ms: d };
+            for times in
+                [[0, u64::MAX, 0, u64::MAX], [u64::MAX, 0, 1, u64::MAX], [u64::MAX - 1, u64::MAX, 0, 0]]
+            {
+                let mut t = TimerState::new(cfg);
+                let mut latest = 0;
+                for now in times {
+                    let forward = now >= latest;
+                    latest = latest.max(now);
+                    t.received();
+                    t.sent();
+                    let a = t.check(Timestamp(now));
+                    let _ = t.next_deadline();
+                    match d {
+                        None => assert_eq!(a, TimerActions::default()),
+                        Some(0) if forward => assert!(a.keepalive && a.rekey && a.dead_peer && a.expired),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        let mut t = TimerState::new(TimerConfig { max_lifetime_ms: Some(u64::MAX), ..TimerConfig::DISABLED });
+        t.start(Timestamp(u64::MAX));
+        assert_eq!(t.next_deadline(), Some(Timestamp(u64::MAX)), "saturated, not wrapped");
+        assert!(t.check(Timestamp(u64::MAX)).expired);
+        assert!(!t.check(Timestamp(0)).expired, "a clock that jumps back fires nothing early");
+    }
 }

@@ -369,3 +369,142 @@ fn portable_and_ring_transport_backends_interoperate() {
         assert_eq!(open_all(&mut dev, &mut wire), vec![data(2, b"ring")]);
     }
 }
+
+/// Every way a secret or a payload could be spelled in an event's text.
+fn spellings(secret: &[u8]) -> Vec<String> {
+    let head = &secret[..secret.len().min(8)];
+    vec![
+        hex::encode(secret),
+        hex::encode_upper(secret),
+        format!("{head:?}").trim_end_matches(']').to_string(),
+        head.iter().map(|b| format!("{b:#04x}")).collect::<Vec<_>>().join(", "),
+    ]
+}
+
+/// Security events from real, decrypted traffic and from failures whose frames carry payload
+/// bytes (an unknown kind, reserved flags, a tampered frame, an oversized send, a fragmented
+/// message, a wrong PSK): neither the payload nor any key (static keys, PSK, handshake hash)
+/// appears in any event's `Debug` (plain or pretty) or JSON (with the `serde` feature, as in
+/// `cargo test --workspace`).
+#[test]
+fn events_carry_no_secrets_or_payload() {
+    const PAYLOAD: &[u8] = b"PATIENT-SECRET:HR=72;SpO2=98";
+    let k = keys();
+    let params = SessionParams { max_frame_len: 256, rekey_interval: 8, ..SessionParams::default() };
+    let mut events = Vec::new();
+    let mut secrets: Vec<Vec<u8>> = vec![
+        PAYLOAD.to_vec(),
+        k.device.private().expose_secret().to_vec(),
+        k.host.private().expose_secret().to_vec(),
+        k.psk.expose_secret().to_vec(),
+    ];
+    let poll = |s: &mut Session, events: &mut Vec<SecurityEvent>| {
+        events.extend(std::iter::from_fn(|| s.poll_event(Timestamp(1_700_000_000_000))))
+    };
+    for profile in [Profile::XxPsk3, Profile::Ik] {
+        // Real traffic, decrypted: DATA, a fragmented message, automatic rekeys, a close.
+        let (mut dev, mut host) = session_pair_with(profile, CipherSuite::default(), params);
+        secrets.push(dev.handshake_hash().to_vec());
+        let mut wire = BytesMut::new();
+        let long: Vec<u8> = PAYLOAD.iter().copied().cycle().take(1000).collect();
+        for _ in 0..3 {
+            dev.seal_data(1, PAYLOAD, &mut wire).unwrap();
+        }
+        dev.seal_message(2, &long, &mut wire).unwrap();
+        let got = open_all(&mut host, &mut wire);
+        let delivered: Vec<Vec<u8>> = got
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Incoming::Data { payload, .. }) => Some(payload.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, vec![PAYLOAD.to_vec(), PAYLOAD.to_vec(), PAYLOAD.to_vec(), long.clone()]);
+        // Refused locally: a payload above the peer's limit.
+        assert!(dev.seal_data(1, &[PAYLOAD; 20].concat(), &mut wire).is_err());
+        // Authentic frames carrying the payload that the host discards or refuses.
+        dev.seal_raw_for_testing_only(0x77, 0, 3, PAYLOAD, &mut wire).unwrap();
+        dev.seal_raw_for_testing_only(1, 0x40, 1, PAYLOAD, &mut wire).unwrap();
+        let got = open_all(&mut host, &mut wire);
+        assert_eq!(
+            got,
+            vec![Err(Error::UnknownFrameKind(0x77)), Err(ProtocolError::ReservedFlags(0x40).into())]
+        );
+        // The device hears the host's CLOSE, then the stream ends: truncated on the host.
+        host.poll_transmit(&mut wire);
+        assert!(matches!(open_all(&mut dev, &mut wire)[..], [Ok(Incoming::Closed(_))]));
+        poll(&mut dev, &mut events);
+        poll(&mut host, &mut events);
+
+        // A tampered frame carrying the payload, then a stream cut without CLOSE.
+        let (mut dev, mut host) = session_pair_with(profile, CipherSuite::AesGcmSha256, params);
+        secrets.push(dev.handshake_hash().to_vec());
+        dev.seal_data(1, PAYLOAD, &mut wire).unwrap();
+        assert_eq!(
+            open_all(&mut host, &mut wire),
+            vec![Ok(Incoming::Data { channel: 1, payload: PAYLOAD.to_vec().into() })]
+        );
+        dev.seal_data(1, PAYLOAD, &mut wire).unwrap();
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        assert_eq!(open_all(&mut host, &mut wire), vec![Err(Error::AuthenticationFailed)]);
+        assert_eq!(dev.handle_eof(), Err(Error::Truncated));
+        poll(&mut dev, &mut events);
+        poll(&mut host, &mut events);
+    }
+    // A handshake that fails: the device holds the wrong PSK.
+    let wrong = Psk::from_bytes(*b"WRONG-PSK-0123456789abcdefghijkl");
+    secrets.push(wrong.expose_secret().to_vec());
+    let cfg = InitiatorConfig::new(Profile::XxPsk3, k.device.clone(), identity()).psk(PSK_ID, wrong);
+    // Driven by hand to keep both sides' events.
+    let mut i = Handshake::initiator(cfg).unwrap();
+    let mut r = Handshake::responder(responder_config(&k, SessionParams::default())).unwrap();
+    let mut wire = BytesMut::new();
+    for _ in 0..3 {
+        if i.wants_write() && i.write_message(&mut wire).is_ok() {
+            let _ = r.read_message(&one_frame(&mut wire));
+        }
+        if r.wants_write() && r.write_message(&mut wire).is_ok() {
+            let _ = i.read_message(&one_frame(&mut wire));
+        }
+    }
+    assert!(i.error().is_some() || r.error().is_some(), "the wrong PSK was refused");
+    for h in [&mut i, &mut r] {
+        events.extend(std::iter::from_fn(|| h.poll_event(Timestamp(1))));
+    }
+
+    // Every kind these failures must produce was seen, so the search below covers them.
+    let names: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind.name()).collect();
+    for expected in [
+        "session_established",
+        "unknown_frame_kind",
+        "protocol_violation",
+        "limit_exceeded",
+        "rekeyed",
+        "session_closed",
+        "authentication_failure",
+        "truncated",
+        "handshake_failed",
+    ] {
+        assert!(names.contains(expected), "no {expected} event in {names:?}");
+    }
+    let needles: Vec<String> = secrets
+        .iter()
+        .flat_map(|s| spellings(s))
+        .chain(["PATIENT", "Psk(", "PrivateKey", "Keypair"].map(String::from))
+        .collect();
+    let leaks = |text: &str| needles.iter().find(|n| text.contains(n.as_str())).cloned();
+    // The detector itself finds what it looks for.
+    assert!(
+        leaks(&format!("{:?}", PAYLOAD)).is_some() && leaks(&hex::encode(k.psk.expose_secret())).is_some()
+    );
+    for e in &events {
+        #[cfg(feature = "serde")]
+        let json = e.to_json_line();
+        #[cfg(not(feature = "serde"))]
+        let json = String::new();
+        for text in [format!("{e:?}"), format!("{e:#?}"), json] {
+            assert_eq!(leaks(&text), None, "secret in {text}");
+        }
+    }
+}

@@ -117,6 +117,25 @@ fun main(args: Array<String>) {
         expect(host.state() == "failed", "failed")
         expect(host.events().any { it.kind == "authentication_failure" }, "event")
     }
+    check("a failure after good frames delivers them, then throws; harmless errors are not fatal") {
+        val trust = TrustStore(); trust.add(devKeys.publicKey(), "PM-1", "")
+        val dev = Connection.initiator(devKeys, initiatorOptions("ik", "chachapoly", "PM-1", hostKeys.publicKey()))
+        val host = Connection.responder(hostKeys, trust, responderOptions())
+        pump(dev, host)
+        val good = dev.send(1u, "HR=72".toByteArray())
+        val bad = dev.send(1u, "HR=73".toByteArray()); bad[4] = (bad[4].toInt() xor 1).toByte()
+        val got = host.receive(good + bad)
+        expect(got.size == 1 && String(got[0].payload) == "HR=72", "the good frame is delivered")
+        expect(host.state() == "failed" && host.pollTimeout() != null, "failed, the error due at once")
+        try { host.receive(ByteArray(0)); throw AssertionError("no error") } catch (e: VitalwireException.Authentication) {}
+        // A clean close stays clean: sending after it is Closed, and the state stays "closed".
+        val d2 = Connection.initiator(devKeys, initiatorOptions("ik", "chachapoly", "PM-1", hostKeys.publicKey()))
+        val h2 = Connection.responder(hostKeys, trust, responderOptions())
+        pump(d2, h2)
+        h2.receive(d2.close(0u)); d2.receive(h2.dataToSend())
+        try { d2.send(1u, "late".toByteArray()); throw AssertionError("sent") } catch (e: VitalwireException.Closed) {}
+        expect(d2.state() == "closed" && h2.state() == "closed", "closed, not failed")
+    }
     check("untrusted device raises UntrustedPeer") {
         val dev = Connection.initiator(Keypair.generate(), initiatorOptions("ik", "chachapoly", "X", hostKeys.publicKey()))
         val host = Connection.responder(hostKeys, TrustStore(), responderOptions())
