@@ -1,6 +1,4 @@
-"""Round trips, tampering, every exception path, wrong types, threads."""
-
-import threading
+"""Round trips, tampering, every exception path, wrong types (threads: test_threads.py)."""
 
 import pytest
 
@@ -160,25 +158,6 @@ def test_keys_pairing_and_trust_files(tmp_path) -> None:  # type: ignore[no-unty
     host = vw.Connection.responder(HOST, vw.TrustStore(), allow_pairing=True)
     pump(dev, host)
     assert dev.pairing_code is not None and dev.pairing_code == host.pairing_code and len(dev.pairing_code) == 6
-
-
-def test_objects_are_safe_to_share_between_threads() -> None:
-    dev, host = pair()
-    frames: list[bytes] = []
-    lock = threading.Lock()
-
-    def sender(n: int) -> None:
-        for i in range(200):
-            with lock:  # frames must reach the host in the order they were sealed
-                frames.append(dev.send(1, f"{n}:{i}".encode()))
-
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    got = host.receive(b"".join(frames))
-    assert len(got) == 800 and len({m.payload for m in got}) == 800
 
 
 def test_datagram_client_and_fragments() -> None:

@@ -17,6 +17,7 @@ use crate::frame::CloseCode;
 use crate::handshake::Handshake;
 use crate::session::{Incoming, Session};
 use crate::stream::StreamDecoder;
+use crate::timers::TimerConfig;
 
 enum Phase {
     Handshaking(alloc::boxed::Box<Handshake>),
@@ -45,6 +46,7 @@ pub struct Connection {
     decoder: StreamDecoder,
     events: Vec<SecurityEvent>,
     now: Timestamp,
+    timers: Option<TimerConfig>,
 }
 
 impl core::fmt::Debug for Connection {
@@ -64,6 +66,7 @@ impl Connection {
             out: BytesMut::new(),
             events: Vec::new(),
             now: Timestamp(0),
+            timers: None,
         };
         c.advance()?;
         Ok(c)
@@ -100,6 +103,15 @@ impl Connection {
         self.out.split()
     }
 
+    /// Replaces the session's timer settings (spec §7.4; default [`TimerConfig::default`]):
+    /// at once if the session is up, else when the handshake finishes.
+    pub fn set_timers(&mut self, config: TimerConfig) {
+        self.timers = Some(config);
+        if let Phase::Established(s) = &mut self.phase {
+            s.set_timers(config);
+        }
+    }
+
     /// Sets the time stamped on events (call before each input when events matter).
     pub fn set_time(&mut self, now: Timestamp) {
         self.now = now;
@@ -126,7 +138,10 @@ impl Connection {
         if h.is_finished() {
             self.drain_events();
             if let Phase::Handshaking(h) = core::mem::replace(&mut self.phase, Phase::Failed(Error::Closed)) {
-                let session = h.into_session()?;
+                let mut session = h.into_session()?;
+                if let Some(timers) = self.timers {
+                    session.set_timers(timers);
+                }
                 self.decoder.set_max_frame_len(session.max_frame_len());
                 self.phase = Phase::Established(alloc::boxed::Box::new(session));
             }
