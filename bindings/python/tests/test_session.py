@@ -175,3 +175,47 @@ def test_datagram_client_and_fragments() -> None:
     with pytest.raises(vw.DecodeError):
         c.receive(b"\x99garbage", 1)
     assert not c.is_established
+
+
+def test_timers_run_on_the_time_passed_in() -> None:
+    dev, host = pair()
+    dev.set_timers(keepalive_ms=100, dead_peer_ms=1000, rekey_after_ms=250, max_lifetime_ms=None)
+    dev.handle_timeout(10_000)  # starts the clocks
+    assert dev.poll_timeout() == 10_100
+    dev.handle_timeout(10_100)  # nothing sent for 100 ms: a keepalive
+    assert [m.kind for m in host.receive(dev.data_to_send())] == ["ping"]
+    dev.receive(host.data_to_send())  # the PONG: the peer is alive
+    dev.handle_timeout(10_250)  # the sending key is 250 ms old
+    assert "rekey" in [m.kind for m in host.receive(dev.data_to_send())]
+    dev.handle_timeout(11_249)  # the PONG was stamped at 10 250
+    host.receive(dev.data_to_send())
+    assert dev.state == "established"
+    with pytest.raises(vw.SessionTimeoutError):
+        dev.handle_timeout(11_250)
+    assert dev.state == "failed"
+    closing = host.receive(dev.data_to_send())
+    assert closing[-1].kind == "closed" and closing[-1].close_code == vw.CLOSE_IDLE_TIMEOUT
+    assert any(e.kind == "timer_expired" for e in dev.events())
+    with pytest.raises(vw.ConfigError):
+        host.set_timers(keepalive_ms=0)
+    host.set_timers(keepalive_ms=None, dead_peer_ms=None, rekey_after_ms=None, max_lifetime_ms=None)
+    host.handle_timeout(0)
+    assert host.poll_timeout() is None
+
+
+def test_the_handshake_deadline_is_set_per_connection() -> None:
+    dev = vw.Connection.initiator(DEVICE, "PM-1", host_key=HOST.public, handshake_timeout_ms=500)
+    dev.handle_timeout(1_000)
+    assert dev.poll_timeout() == 1_500
+    dev.handle_timeout(1_499)
+    with pytest.raises(vw.SessionTimeoutError):
+        dev.handle_timeout(1_500)
+    with pytest.raises(vw.ConfigError):
+        vw.Connection.responder(HOST, trust(), handshake_timeout_ms=0)
+    # Timers set before the handshake ends apply to the session.
+    dev = vw.Connection.initiator(DEVICE, "PM-1", host_key=HOST.public)
+    dev.set_timers(keepalive_ms=None, dead_peer_ms=40, rekey_after_ms=None, max_lifetime_ms=None)
+    host = vw.Connection.responder(HOST, trust())
+    pump(dev, host)
+    dev.handle_timeout(0)
+    assert dev.poll_timeout() == 40
