@@ -343,7 +343,7 @@ async def connect(
     on_event: Optional[EventCallback] = None,
     **options: object,
 ) -> Channel:
-    """Connects to a host and runs the handshake (both within `timeout` seconds, else
+    """Connects to a host and runs the handshake (each within `timeout` seconds, else
     :class:`vitalwire.SessionTimeoutError`); returns the established channel. `timers`
     default to the spec's; `on_event` receives each security event as it happens."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
