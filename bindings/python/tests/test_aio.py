@@ -334,10 +334,12 @@ def test_a_handshake_that_gets_no_answer_times_out() -> None:
 
 def test_a_host_application_that_reads_slowly_holds_the_device_back_and_loses_nothing() -> None:
     """The channel reads ahead for recv() only up to a bound (8 MiB); then TCP backpressure
-    holds the sender back. Nothing is dropped, and the session carries on once read."""
+    holds the sender back. Nothing is dropped, the session carries on once read, and the
+    waiting is not taken for a dead peer (the host's application, not the device, is slow)."""
     host_keys, dev_keys, trust = keys_and_trust()
     received: list[bytes] = []
     blobs = [bytes([i]) * 1_000_000 for i in range(48)]
+    failures: list[BaseException] = []
 
     async def main() -> None:
         go = asyncio.Event()
@@ -347,17 +349,20 @@ def test_a_host_application_that_reads_slowly_holds_the_device_back_and_loses_no
             async for m in ch:
                 received.append(m.payload)
 
-        server = await aio.serve("127.0.0.1", 0, keypair=host_keys, trust=trust, handler=handler)
+        server = await aio.serve("127.0.0.1", 0, keypair=host_keys, trust=trust, handler=handler,
+                                 on_error=lambda ch, e: failures.append(e), timers=QUICK)
         port = server.sockets[0].getsockname()[1]
-        ch = await aio.connect("127.0.0.1", port, keypair=dev_keys, device_id="PM-7", host_key=host_keys.public)
+        ch = await aio.connect("127.0.0.1", port, keypair=dev_keys, device_id="PM-7", host_key=host_keys.public,
+                               timers=QUICK)
 
         async def send_all() -> None:
             for b in blobs:
                 await ch.send(2, b)
 
         sender = asyncio.create_task(send_all())
-        await asyncio.sleep(1.5)  # the host application reads nothing meanwhile
-        assert not sender.done(), "48 MB cannot all be in flight: the reader must hold back"
+        await asyncio.sleep(3.0)  # the host application reads nothing for 3 dead-peer times
+        # 48 MB cannot all be in flight: the device is held back, and its session is up.
+        assert not sender.done(), sender.exception() or "the host's channel did not hold the device back"
         go.set()
         await asyncio.wait_for(sender, BOUND)
         await ch.close(timeout=BOUND)
@@ -365,4 +370,5 @@ def test_a_host_application_that_reads_slowly_holds_the_device_back_and_loses_no
         await server.wait_closed()
 
     run(main())
+    assert not failures, failures
     assert len(received) == len(blobs) and all(r == b for r, b in zip(received, blobs))

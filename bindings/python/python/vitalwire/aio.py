@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Literal, Optional
 
 from ._native import (
@@ -85,9 +85,13 @@ class Channel:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
+        timers: Optional[Timers] = None,
         on_event: Optional[EventCallback] = None,
     ) -> None:
         self.connection = conn
+        self._timers = timers or Timers()
+        self._timers.apply(conn)
+        self._paused = False
         self._reader = reader
         self._writer = writer
         self._on_event = on_event
@@ -116,7 +120,7 @@ class Channel:
                 if read is None and self._buffered < _MAX_BUFFERED:
                     read = asyncio.ensure_future(self._reader.read(_READ))
                 if read is None and resume is None:
-                    self._room.clear()
+                    self._pause()
                     resume = asyncio.ensure_future(self._room.wait())
                 waiter = read if read is not None else resume
                 assert waiter is not None
@@ -136,6 +140,9 @@ class Channel:
                         self._end_of_stream()
                         return
                     self._feed(data)
+                    if self._paused:
+                        self._paused = False
+                        self._timers.apply(conn)  # the peer's bytes were waiting: it is alive
                     if conn.state == "closed":
                         self._finish(None)
                         return
@@ -149,6 +156,14 @@ class Channel:
             for f in (read, resume):
                 if f is not None:
                     f.cancel()
+
+    def _pause(self) -> None:
+        """Stops reading until recv() makes room. Meanwhile the peer's bytes wait in the
+        kernel, unseen, so the dead-peer timer is held off until the next read (the other
+        timers go on: keepalives tell the peer this side is alive)."""
+        self._room.clear()
+        self._paused = True
+        replace(self._timers, dead_peer=None).apply(self.connection)
 
     def _tick(self) -> None:
         try:
@@ -352,11 +367,10 @@ async def connect(
         conn = Connection.initiator(
             keypair, device_id, profile=profile, suite=suite, handshake_timeout_ms=_ms(timeout), **pins, **options  # type: ignore[arg-type]
         )
-        (timers or Timers()).apply(conn)
+        channel = Channel(conn, reader, writer, timers=timers, on_event=on_event)
     except BaseException:
         writer.close()
         raise
-    channel = Channel(conn, reader, writer, on_event=on_event)
     try:
         await channel._established()
     except BaseException:
@@ -386,16 +400,13 @@ async def serve(
     refused handshakes included. An exception the handler raises is not swallowed: the channel
     is closed with CLOSE INTERNAL_ERROR and the exception goes to `on_error(channel, exc)`, or,
     without one, to the event loop's exception handler (which logs it)."""
-    timers = timers or Timers()
-
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             conn = Connection.responder(keypair, trust, handshake_timeout_ms=_ms(handshake_timeout), **options)  # type: ignore[arg-type]
-            timers.apply(conn)
+            channel = Channel(conn, reader, writer, timers=timers, on_event=on_event)
         except BaseException:
             writer.close()
             raise
-        channel = Channel(conn, reader, writer, on_event=on_event)
         try:
             await channel._established()
         except Exception:
