@@ -372,3 +372,27 @@ def test_a_host_application_that_reads_slowly_holds_the_device_back_and_loses_no
     run(main())
     assert not failures, failures
     assert len(received) == len(blobs) and all(r == b for r, b in zip(received, blobs))
+
+
+def test_a_host_drops_a_connection_that_never_starts_the_handshake() -> None:
+    host_keys, _, trust = keys_and_trust()
+    events: list[vw.SecurityEvent] = []
+
+    async def main() -> None:
+        async def handler(ch: aio.Channel) -> None:
+            raise AssertionError("no channel without a handshake")
+
+        server = await aio.serve("127.0.0.1", 0, keypair=host_keys, trust=trust, handler=handler,
+                                 on_event=events.append, handshake_timeout=0.5)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        start = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), BOUND) == b""  # the host hung up
+        assert time.monotonic() - start >= 0.45
+        # Reported as it happened, by the core's handshake timer.
+        assert [json.loads(e.json).get("timer") for e in events if e.kind == "timer_expired"] == ["handshake"]
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
