@@ -396,3 +396,41 @@ def test_a_host_drops_a_connection_that_never_starts_the_handshake() -> None:
         await server.wait_closed()
 
     run(main())
+
+
+def test_a_forged_frame_ends_the_session_with_an_error_an_event_and_a_close() -> None:
+    host_keys, dev_keys, trust = keys_and_trust()
+    events: list[vw.SecurityEvent] = []
+    outcome: list[BaseException] = []
+    received: list[bytes] = []
+
+    async def main() -> None:
+        got_one = asyncio.Event()
+
+        async def handler(ch: aio.Channel) -> None:
+            with pytest.raises(vw.AuthenticationError) as e:
+                while (m := await ch.recv()) is not None:
+                    received.append(m.payload)
+                    got_one.set()
+            outcome.append(e.value)
+
+        server = await aio.serve("127.0.0.1", 0, keypair=host_keys, trust=trust, handler=handler,
+                                 on_event=events.append)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        dev = vw.Connection.initiator(dev_keys, "PM-7", host_key=host_keys.public)
+        await raw_handshake(dev, reader, writer)
+        writer.write(dev.send(1, b"HR=71"))
+        await asyncio.wait_for(got_one.wait(), BOUND)
+        frame = bytearray(dev.send(1, b"HR=70"))
+        frame[-1] ^= 1  # the tag no longer matches
+        writer.write(bytes(frame))
+        heard = await asyncio.wait_for(read_all(dev, reader), BOUND)
+        assert heard[-1].kind == "closed" and heard[-1].close_code == vw.CLOSE_AUTHENTICATION_FAILED
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert len(outcome) == 1 and received == [b"HR=71"]
+    assert any(e.kind == "authentication_failure" and e.severity == "alert" for e in events)
