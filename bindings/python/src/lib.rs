@@ -406,7 +406,8 @@ fn initiator_config(
 
 /// One connection over a byte stream (TCP, serial, BLE L2CAP), device or host side: the
 /// handshake, then the session. Feed received bytes to `receive()`, send what
-/// `data_to_send()` returns.
+/// `data_to_send()` returns. Each call is atomic, so threads may share it; the bytes of
+/// `send()` and of `data_to_send()` must reach the link in the order the calls returned them.
 #[pyclass(frozen, module = "vitalwire._native")]
 struct Connection {
     inner: Mutex<vw::Connection>,
