@@ -203,6 +203,8 @@ def test_a_host_notices_a_device_that_went_silent() -> None:
     # Events were delivered while the session ran, not when it ended.
     assert isinstance(events_then, list) and any(e.kind == "timer_expired" for e in events_then)
     assert any(e.kind == "session_established" and e.device_id == "PM-7" for e in events)
+    # Stamped with the adapters' clock: wall-clock milliseconds, not a bare counter.
+    assert all(abs(e.time - time.time() * 1000) < 120_000 for e in events), [e.time for e in events]
 
 
 def test_a_device_notices_a_host_that_went_silent() -> None:
