@@ -6,6 +6,7 @@ import pathlib
 import socket
 import subprocess
 import time
+from typing import Optional
 
 import pytest
 
@@ -436,3 +437,31 @@ def test_a_forged_frame_ends_the_session_with_an_error_an_event_and_a_close() ->
     run(main())
     assert len(outcome) == 1 and received == [b"HR=71"]
     assert any(e.kind == "authentication_failure" and e.severity == "alert" for e in events)
+
+
+def test_a_session_ends_at_its_lifetime_and_the_peer_hears_why() -> None:
+    host_keys, dev_keys, trust = keys_and_trust()
+    host_saw: list[Optional[int]] = []
+
+    async def main() -> None:
+        async def handler(ch: aio.Channel) -> None:
+            assert await ch.recv() is None  # the device closed
+            host_saw.append(ch.peer_close_code)
+
+        server = await aio.serve("127.0.0.1", 0, keypair=host_keys, trust=trust, handler=handler)
+        port = server.sockets[0].getsockname()[1]
+        ch = await aio.connect("127.0.0.1", port, keypair=dev_keys, device_id="PM-7", host_key=host_keys.public,
+                               timers=aio.Timers(max_lifetime=1.0))
+        start = time.monotonic()
+        with pytest.raises(vw.SessionTimeoutError):
+            await asyncio.wait_for(ch.recv(), BOUND)
+        assert time.monotonic() - start >= 0.9
+        await ch.close()
+        deadline = time.monotonic() + BOUND
+        while not host_saw and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert host_saw == [vw.CLOSE_SESSION_EXPIRED]
