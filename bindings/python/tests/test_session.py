@@ -219,3 +219,18 @@ def test_the_handshake_deadline_is_set_per_connection() -> None:
     pump(dev, host)
     dev.handle_timeout(0)
     assert dev.poll_timeout() == 40
+
+
+def test_no_frame_follows_a_close_even_when_a_ping_crossed_it() -> None:
+    """Spec §7.2: after sending CLOSE a side sends nothing more. A keepalive PING that
+    crossed the CLOSE in flight gets no PONG (the peer would take it as a protocol violation)."""
+    dev, host = pair()
+    ping = host.ping(b"12345678")
+    close = dev.close()
+    assert dev.receive(ping)[0].kind == "ping"
+    after = dev.data_to_send()
+    assert after == b""
+    msgs = host.receive(close + after)
+    assert msgs[-1].kind == "closed"
+    dev.receive(host.data_to_send())  # the host's answering CLOSE
+    assert dev.state == "closed" and host.state == "closed"
