@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Python wheel into a virtualenv (cached under target/) and runs the pytest suite,
-# including interop with the Rust `vitalwire host` and `vitalwire device`, and mypy --strict
-# on a sample of user code. Usage: scripts/python-test.sh [--bench]
+# including interop with the Rust `vitalwire host` and `vitalwire device` (killed and frozen
+# mid-session too), and mypy --strict on the package and a sample of user code.
+# Usage: scripts/python-test.sh [--bench]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -26,4 +27,4 @@ if [ "${1:-}" = "--bench" ]; then
     exec "$venv/bin/python" bindings/python/bench.py
 fi
 "$venv/bin/python" -m pytest -q bindings/python/tests
-"$venv/bin/mypy" --strict bindings/python/tests/typing_example.py
+"$venv/bin/mypy" --strict bindings/python/tests/typing_example.py bindings/python/python/vitalwire

@@ -2,8 +2,14 @@
 //! session) becomes one runtime object per connection, [`Connection`], whose phase changes as
 //! bytes flow. Every object is guarded by a mutex, so it may be shared between threads; the
 //! crypto on large frames runs with the GIL released.
+//!
+//! Locking rule: no thread ever waits for an object's mutex while it holds the GIL ([`locked`]).
+//! A thread that holds the mutex may release the GIL (sealing a large frame) and must take it
+//! back before it returns; if another thread sat on the GIL waiting for that mutex, neither
+//! could go on.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use bytes::BytesMut;
 use pyo3::buffer::PyBuffer;
@@ -75,26 +81,22 @@ fn err(e: vw::Error) -> PyErr {
     }
 }
 
-/// Borrows the bytes of a `bytes`, `bytearray` or `memoryview` (any C-contiguous buffer of
-/// bytes) and runs `f` on them. `bytes` is read in place; a mutable buffer is read in place
-/// too, under the GIL.
-fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+/// The bytes of a `bytes`, `bytearray` or `memoryview` (any buffer of bytes). `bytes` is
+/// immutable, so it is read in place (also with the GIL released: the caller's reference keeps
+/// it alive). Any other buffer is copied first: it is mutable, and holding the GIL does not
+/// keep it still, since native code that released the GIL (another extension's thread) may
+/// write to it at any time.
+fn input<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(f(b.as_bytes()));
+        return Ok(Cow::Borrowed(b.as_bytes()));
     }
     let buf = PyBuffer::<u8>::get(obj)
         .map_err(|_| PyTypeError::new_err("expected bytes, bytearray or memoryview"))?;
-    if !buf.is_c_contiguous() {
-        return Err(PyTypeError::new_err("the buffer must be C-contiguous"));
-    }
-    // SAFETY: the buffer export keeps the memory alive and unresized until `buf` is dropped;
-    // we read it while holding the GIL, so Python code cannot write to it meanwhile.
-    let slice = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
-    Ok(f(slice))
+    Ok(Cow::Owned(buf.to_vec(obj.py())?))
 }
 
 fn owned_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-    with_bytes(obj, |b| b.to_vec())
+    Ok(input(obj)?.into_owned())
 }
 
 fn key32(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
@@ -106,6 +108,25 @@ fn key32(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on the value behind `m`, with the GIL released when `detach` or when another thread
+/// holds the mutex: the wait for a mutex never happens with the GIL held (see the module docs).
+/// `f` is plain Rust; results become Python objects after the mutex is released.
+fn locked<T: Send, R: Send>(
+    py: Python<'_>,
+    m: &Mutex<T>,
+    detach: bool,
+    f: impl FnOnce(&mut T) -> R + Send,
+) -> R {
+    if !detach {
+        match m.try_lock() {
+            Ok(mut guard) => return f(&mut guard),
+            Err(TryLockError::Poisoned(p)) => return f(&mut p.into_inner()),
+            Err(TryLockError::WouldBlock) => {}
+        }
+    }
+    py.detach(|| f(&mut lock(m)))
 }
 
 /// Frames at least this large are sealed and opened with the GIL released.
@@ -387,38 +408,47 @@ fn initiator_config(
 
 /// One connection over a byte stream (TCP, serial, BLE L2CAP), device or host side: the
 /// handshake, then the session. Feed received bytes to `receive()`, send what
-/// `data_to_send()` returns.
+/// `data_to_send()` returns. Each call is atomic, so threads may share it; the bytes of
+/// `send()` and of `data_to_send()` must reach the link in the order the calls returned them.
 #[pyclass(frozen, module = "vitalwire._native")]
 struct Connection {
     inner: Mutex<vw::Connection>,
 }
 
 impl Connection {
-    fn wrap(hs: vw::Handshake) -> PyResult<Connection> {
+    fn wrap(hs: vw::Handshake, handshake_timeout_ms: Option<u64>) -> PyResult<Connection> {
+        let hs = match handshake_timeout_ms {
+            Some(0) => return Err(ConfigError::new_err("handshake_timeout_ms must be at least 1")),
+            Some(ms) => hs.with_timeout_ms(ms),
+            None => hs,
+        };
         Ok(Connection { inner: Mutex::new(vw::Connection::new(hs).map_err(err)?) })
     }
 
-    /// Runs `f` on the connection, with the GIL released when `large`.
+    /// Runs `f` on the connection, with the GIL released when `large` (see [`locked`]).
     fn run<R: Send>(
         &self,
         py: Python<'_>,
         large: bool,
         f: impl FnOnce(&mut vw::Connection) -> Result<R, vw::Error> + Send,
     ) -> PyResult<R> {
-        let mut c = lock(&self.inner);
-        let conn: &mut vw::Connection = &mut c;
-        let r = if large { py.detach(|| f(conn)) } else { f(conn) };
-        r.map_err(err)
+        locked(py, &self.inner, large, f).map_err(err)
+    }
+
+    /// Reads the connection (never with the GIL held while waiting for it).
+    fn read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut vw::Connection) -> R + Send) -> R {
+        locked(py, &self.inner, false, f)
     }
 }
 
 #[pymethods]
 impl Connection {
     /// The device's side. `profile`: xx, ik, kk, xxpsk3; `suite`: chachapoly, aesgcm.
+    /// `handshake_timeout_ms` (default 10 s) counts from the first `handle_timeout` call.
     #[staticmethod]
     #[pyo3(signature = (keypair, device_id, *, profile = "ik", suite = "chachapoly", host_key = None,
         pinned_host_keys = None, psk = None, psk_id = None, pairing = false, model = "", firmware = "",
-        max_frame_len = 65535, ephemeral_for_testing_only = None))]
+        max_frame_len = 65535, handshake_timeout_ms = None, ephemeral_for_testing_only = None))]
     #[allow(clippy::too_many_arguments)]
     fn initiator(
         keypair: &Keypair,
@@ -433,6 +463,7 @@ impl Connection {
         model: &str,
         firmware: &str,
         max_frame_len: u16,
+        handshake_timeout_ms: Option<u64>,
         ephemeral_for_testing_only: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Connection> {
         let c = initiator_config(
@@ -450,14 +481,15 @@ impl Connection {
             max_frame_len,
             ephemeral_for_testing_only,
         )?;
-        Connection::wrap(vw::Handshake::initiator(c).map_err(err)?)
+        Connection::wrap(vw::Handshake::initiator(c).map_err(err)?, handshake_timeout_ms)
     }
 
-    /// The host's side: admits the devices `trust` admits.
+    /// The host's side: admits the devices `trust` admits. `handshake_timeout_ms` (default
+    /// 10 s) counts from the first `handle_timeout` call.
     #[staticmethod]
     #[pyo3(signature = (keypair, trust, *, max_frame_len = 65535, rekey_interval = 1048576,
         max_message_len = 4194304, profiles = None, suites = None, psks = None, allow_pairing = false,
-        ephemeral_for_testing_only = None))]
+        handshake_timeout_ms = None, ephemeral_for_testing_only = None))]
     #[allow(clippy::too_many_arguments)]
     fn responder(
         keypair: &Keypair,
@@ -469,6 +501,7 @@ impl Connection {
         suites: Option<Vec<String>>,
         psks: Option<Bound<'_, PyDict>>,
         allow_pairing: bool,
+        handshake_timeout_ms: Option<u64>,
         ephemeral_for_testing_only: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Connection> {
         let policy: Arc<dyn vw::TrustPolicy> = trust.inner.clone();
@@ -491,12 +524,12 @@ impl Connection {
         if let Some(e) = ephemeral_for_testing_only {
             c = c.fixed_ephemeral_for_testing_only(vw::PrivateKey::from_bytes(key32(e, "ephemeral")?));
         }
-        Connection::wrap(vw::Handshake::responder(c).map_err(err)?)
+        Connection::wrap(vw::Handshake::responder(c).map_err(err)?, handshake_timeout_ms)
     }
 
     /// Bytes to put on the link now (handshake messages, answers, CLOSE frames).
     fn data_to_send<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &lock(&self.inner).take_output())
+        PyBytes::new(py, &self.read(py, |c| c.take_output()))
     }
 
     /// Feeds bytes received from the link; returns every message they completed. A frame of
@@ -506,14 +539,9 @@ impl Connection {
     /// failure in the same bytes, they are returned first, `state` is "failed", and the next
     /// call raises (`poll_timeout()` is then due at once).
     fn receive<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Vec<Message>> {
-        let incoming = if let Ok(b) = data.cast::<PyBytes>() {
-            let bytes: &[u8] = b.as_bytes();
-            self.run(py, bytes.len() >= DETACH_AT, |c| c.receive(bytes))?
-        } else {
-            // bytearray / memoryview: read in place under the GIL (it is mutable, so the GIL
-            // stays held while the core reads it).
-            with_bytes(data, |bytes| self.run(py, false, |c| c.receive(bytes)))??
-        };
+        let bytes = input(data)?;
+        let bytes: &[u8] = &bytes;
+        let incoming = self.run(py, bytes.len() >= DETACH_AT, |c| c.receive(bytes))?;
         Ok(incoming.into_iter().map(|i| message(py, i)).collect())
     }
 
@@ -524,12 +552,9 @@ impl Connection {
         channel: u8,
         payload: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let wire = if let Ok(b) = payload.cast::<PyBytes>() {
-            let data: &[u8] = b.as_bytes();
-            self.run(py, data.len() >= DETACH_AT, |c| c.send(channel, data))?
-        } else {
-            with_bytes(payload, |data| self.run(py, false, |c| c.send(channel, data)))??
-        };
+        let data = input(payload)?;
+        let data: &[u8] = &data;
+        let wire = self.run(py, data.len() >= DETACH_AT, |c| c.send(channel, data))?;
         Ok(PyBytes::new(py, &wire))
     }
 
@@ -540,8 +565,9 @@ impl Connection {
         channel: u8,
         payload: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let data = owned_bytes(payload)?;
-        let wire = self.run(py, data.len() >= DETACH_AT, |c| c.send_message(channel, &data))?;
+        let data = input(payload)?;
+        let data: &[u8] = &data;
+        let wire = self.run(py, data.len() >= DETACH_AT, |c| c.send_message(channel, data))?;
         Ok(PyBytes::new(py, &wire))
     }
 
@@ -585,25 +611,59 @@ impl Connection {
         self.run(py, false, |c| c.end_of_stream())
     }
 
-    /// Runs the timers at `now_ms` (milliseconds, any epoch you keep using).
+    /// Runs the timers at `now_ms` (milliseconds, any epoch you keep using, on a clock that
+    /// never jumps): call it when the connection opens (that starts the handshake clock), then
+    /// whenever `poll_timeout` says. What a timer queues (a keepalive PING, a REKEY, a CLOSE) is
+    /// in `data_to_send()`; a dead peer raises `SessionTimeoutError`.
     fn handle_timeout(&self, py: Python<'_>, now_ms: u64) -> PyResult<()> {
         self.run(py, false, |c| c.handle_timeout(vw::Timestamp(now_ms)))
     }
 
     /// When to call `handle_timeout` next (ms), or None.
-    fn poll_timeout(&self) -> Option<u64> {
-        lock(&self.inner).poll_timeout().map(|t| t.0)
+    fn poll_timeout(&self, py: Python<'_>) -> Option<u64> {
+        self.read(py, |c| c.poll_timeout()).map(|t| t.0)
+    }
+
+    /// Sets the time (ms, the clock passed to `handle_timeout`) stamped on the events of the
+    /// calls that follow.
+    fn set_time(&self, py: Python<'_>, now_ms: u64) {
+        self.read(py, |c| c.set_time(vw::Timestamp(now_ms)))
+    }
+
+    /// Replaces the session timers (spec/PROTOCOL.md §7.4), in milliseconds; None switches one
+    /// off. They run only when `handle_timeout` is called at the times `poll_timeout` asks
+    /// for; the defaults are the spec's.
+    #[pyo3(signature = (*, keepalive_ms = vw::TimerConfig::default().keepalive_ms,
+        dead_peer_ms = vw::TimerConfig::default().dead_peer_ms,
+        rekey_after_ms = vw::TimerConfig::default().rekey_after_ms,
+        max_lifetime_ms = vw::TimerConfig::default().max_lifetime_ms))]
+    fn set_timers(
+        &self,
+        py: Python<'_>,
+        keepalive_ms: Option<u64>,
+        dead_peer_ms: Option<u64>,
+        rekey_after_ms: Option<u64>,
+        max_lifetime_ms: Option<u64>,
+    ) -> PyResult<()> {
+        if [keepalive_ms, dead_peer_ms, rekey_after_ms, max_lifetime_ms].contains(&Some(0)) {
+            return Err(ConfigError::new_err(
+                "a timer of 0 ms would fire on every call: give None to switch it off",
+            ));
+        }
+        let timers = vw::TimerConfig { keepalive_ms, dead_peer_ms, rekey_after_ms, max_lifetime_ms };
+        self.read(py, |c| c.set_timers(timers));
+        Ok(())
     }
 
     /// Security events since the last call (stamped with the last time passed in).
-    fn events(&self) -> Vec<SecurityEvent> {
-        lock(&self.inner).take_events().into_iter().map(event).collect()
+    fn events(&self, py: Python<'_>) -> Vec<SecurityEvent> {
+        self.read(py, |c| c.take_events()).into_iter().map(event).collect()
     }
 
     /// `"handshaking"`, `"established"`, `"closed"` or `"failed"`.
     #[getter]
-    fn state(&self) -> &'static str {
-        match lock(&self.inner).state() {
+    fn state(&self, py: Python<'_>) -> &'static str {
+        match self.read(py, |c| c.state()) {
             vw::ConnectionState::Handshaking => "handshaking",
             vw::ConnectionState::Established => "established",
             vw::ConnectionState::Closed => "closed",
@@ -613,27 +673,26 @@ impl Connection {
 
     /// Whether the session is up.
     #[getter]
-    fn is_established(&self) -> bool {
-        lock(&self.inner).session().is_some()
+    fn is_established(&self, py: Python<'_>) -> bool {
+        self.read(py, |c| c.session().is_some())
     }
 
     /// The peer's static public key (once known).
     #[getter]
     fn remote_static<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        let c = lock(&self.inner);
-        let key = match (c.session(), c.handshake()) {
+        let key = self.read(py, |c| match (c.session(), c.handshake()) {
             (Some(s), _) => Some(*s.remote_static()),
             (None, Some(h)) => h.remote_static(),
             _ => None,
-        };
+        });
         key.map(|k| PyBytes::new(py, k.as_bytes()))
     }
 
     /// The device's identity (host side) as a dict.
     #[getter]
     fn peer_identity<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let c = lock(&self.inner);
-        let Some(id) = c.session().and_then(|s| s.peer_identity()) else { return Ok(None) };
+        let id = self.read(py, |c| c.session().and_then(|s| s.peer_identity()).cloned());
+        let Some(id) = id else { return Ok(None) };
         let d = PyDict::new(py);
         d.set_item("device_id", &id.device_id)?;
         d.set_item("model", &id.model)?;
@@ -645,23 +704,24 @@ impl Connection {
     /// The Noise handshake hash (32 bytes), once established.
     #[getter]
     fn handshake_hash<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        lock(&self.inner).session().map(|s| PyBytes::new(py, s.handshake_hash()))
+        let hash = self.read(py, |c| c.session().map(|s| *s.handshake_hash()));
+        hash.map(|h| PyBytes::new(py, &h))
     }
 
     /// In a pairing session: the 6-digit code to compare.
     #[getter]
-    fn pairing_code(&self) -> Option<String> {
-        lock(&self.inner).session().and_then(|s| s.pairing_code()).map(|c| c.to_string())
+    fn pairing_code(&self, py: Python<'_>) -> Option<String> {
+        self.read(py, |c| c.session().and_then(|s| s.pairing_code()).map(|c| c.to_string()))
     }
 
     /// The largest payload `send` accepts.
     #[getter]
-    fn max_payload_len(&self) -> Option<usize> {
-        lock(&self.inner).session().map(|s| s.max_payload_len())
+    fn max_payload_len(&self, py: Python<'_>) -> Option<usize> {
+        self.read(py, |c| c.session().map(|s| s.max_payload_len()))
     }
 
-    fn __repr__(&self) -> String {
-        format!("Connection(state={:?})", self.state())
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Connection(state={:?})", self.state(py))
     }
 }
 
@@ -712,49 +772,55 @@ impl DatagramClient {
 
     /// Datagrams to send now.
     fn transmit<'py>(&self, py: Python<'py>, now_ms: u64) -> Vec<Bound<'py, PyBytes>> {
-        let mut c = lock(&self.inner);
-        std::iter::from_fn(|| c.poll_transmit(vw::Timestamp(now_ms))).map(|p| PyBytes::new(py, &p)).collect()
+        let packets: Vec<_> = locked(py, &self.inner, false, |c| {
+            std::iter::from_fn(|| c.poll_transmit(vw::Timestamp(now_ms))).collect()
+        });
+        packets.iter().map(|p| PyBytes::new(py, p)).collect()
     }
 
     /// Takes one received datagram; raises `ReplayError`, `AuthenticationError` or
     /// `DecodeError` for a dropped one (the session goes on).
-    fn receive(&self, packet: &Bound<'_, PyAny>, now_ms: u64) -> PyResult<()> {
-        let data = owned_bytes(packet)?;
-        lock(&self.inner).handle_packet(BytesMut::from(&data[..]), vw::Timestamp(now_ms)).map_err(err)
+    fn receive(&self, py: Python<'_>, packet: &Bound<'_, PyAny>, now_ms: u64) -> PyResult<()> {
+        let data = BytesMut::from(&input(packet)?[..]);
+        locked(py, &self.inner, false, |c| c.handle_packet(data, vw::Timestamp(now_ms))).map_err(err)
     }
 
     /// Seals DATA (sent by the next `transmit()`).
-    fn send(&self, channel: u8, payload: &Bound<'_, PyAny>, now_ms: u64) -> PyResult<()> {
-        let data = owned_bytes(payload)?;
-        lock(&self.inner).send(channel, &data, vw::Timestamp(now_ms)).map_err(err)
+    fn send(&self, py: Python<'_>, channel: u8, payload: &Bound<'_, PyAny>, now_ms: u64) -> PyResult<()> {
+        let data = input(payload)?;
+        let data: &[u8] = &data;
+        locked(py, &self.inner, false, |c| c.send(channel, data, vw::Timestamp(now_ms))).map_err(err)
     }
 
     /// Received messages.
     fn messages(&self, py: Python<'_>) -> Vec<Message> {
-        let mut c = lock(&self.inner);
-        std::iter::from_fn(|| c.poll_incoming()).map(|i| message(py, i)).collect()
+        let incoming: Vec<_> =
+            locked(py, &self.inner, false, |c| std::iter::from_fn(|| c.poll_incoming()).collect());
+        incoming.into_iter().map(|i| message(py, i)).collect()
     }
 
     /// When to call `handle_timeout` (ms).
-    fn poll_timeout(&self) -> Option<u64> {
-        lock(&self.inner).poll_timeout().map(|t| t.0)
+    fn poll_timeout(&self, py: Python<'_>) -> Option<u64> {
+        locked(py, &self.inner, false, |c| c.poll_timeout()).map(|t| t.0)
     }
 
     /// Retransmissions, keepalives, timeouts.
-    fn handle_timeout(&self, now_ms: u64) -> PyResult<()> {
-        lock(&self.inner).handle_timeout(vw::Timestamp(now_ms)).map_err(err)
+    fn handle_timeout(&self, py: Python<'_>, now_ms: u64) -> PyResult<()> {
+        locked(py, &self.inner, false, |c| c.handle_timeout(vw::Timestamp(now_ms))).map_err(err)
     }
 
     /// Security events.
-    fn events(&self, now_ms: u64) -> Vec<SecurityEvent> {
-        let mut c = lock(&self.inner);
-        std::iter::from_fn(|| c.poll_event(vw::Timestamp(now_ms))).map(event).collect()
+    fn events(&self, py: Python<'_>, now_ms: u64) -> Vec<SecurityEvent> {
+        let events: Vec<_> = locked(py, &self.inner, false, |c| {
+            std::iter::from_fn(|| c.poll_event(vw::Timestamp(now_ms))).collect()
+        });
+        events.into_iter().map(event).collect()
     }
 
     /// Whether the session is up.
     #[getter]
-    fn is_established(&self) -> bool {
-        lock(&self.inner).is_established()
+    fn is_established(&self, py: Python<'_>) -> bool {
+        locked(py, &self.inner, false, |c| c.is_established())
     }
 }
 
@@ -784,8 +850,9 @@ impl FragmentLink {
         py: Python<'py>,
         datagram: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let d = owned_bytes(datagram)?;
-        let pieces = lock(&self.inner).split(&d).map_err(err)?;
+        let d = input(datagram)?;
+        let d: &[u8] = &d;
+        let pieces = locked(py, &self.inner, false, |l| l.split(d)).map_err(err)?;
         Ok(pieces.iter().map(|p| PyBytes::new(py, p)).collect())
     }
 
@@ -797,8 +864,9 @@ impl FragmentLink {
         packet: &Bound<'py, PyAny>,
         now_ms: u64,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let p = owned_bytes(packet)?;
-        match lock(&self.inner).receive(&p, vw::Timestamp(now_ms)) {
+        let p = input(packet)?;
+        let p: &[u8] = &p;
+        match locked(py, &self.inner, false, |l| l.receive(p, vw::Timestamp(now_ms))) {
             Ok(Some(d)) => Ok(Some(PyBytes::new(py, &d))),
             Ok(None) => Ok(None),
             Err(drop) => Err(DecodeError::new_err(format!("fragment dropped: {drop:?}"))),
@@ -807,8 +875,8 @@ impl FragmentLink {
 
     /// Bytes held in partial datagrams.
     #[getter]
-    fn buffered_bytes(&self) -> usize {
-        lock(&self.inner).buffered_bytes()
+    fn buffered_bytes(&self, py: Python<'_>) -> usize {
+        locked(py, &self.inner, false, |l| l.buffered_bytes())
     }
 }
 

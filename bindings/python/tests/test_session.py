@@ -1,6 +1,4 @@
-"""Round trips, tampering, every exception path, wrong types, threads."""
-
-import threading
+"""Round trips, tampering, every exception path, wrong types (threads: test_threads.py)."""
 
 import pytest
 
@@ -162,25 +160,6 @@ def test_keys_pairing_and_trust_files(tmp_path) -> None:  # type: ignore[no-unty
     assert dev.pairing_code is not None and dev.pairing_code == host.pairing_code and len(dev.pairing_code) == 6
 
 
-def test_objects_are_safe_to_share_between_threads() -> None:
-    dev, host = pair()
-    frames: list[bytes] = []
-    lock = threading.Lock()
-
-    def sender(n: int) -> None:
-        for i in range(200):
-            with lock:  # frames must reach the host in the order they were sealed
-                frames.append(dev.send(1, f"{n}:{i}".encode()))
-
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    got = host.receive(b"".join(frames))
-    assert len(got) == 800 and len({m.payload for m in got}) == 800
-
-
 def test_datagram_client_and_fragments() -> None:
     link = vw.FragmentLink(20)
     pieces = link.split(bytes(range(50)))
@@ -196,3 +175,62 @@ def test_datagram_client_and_fragments() -> None:
     with pytest.raises(vw.DecodeError):
         c.receive(b"\x99garbage", 1)
     assert not c.is_established
+
+
+def test_timers_run_on_the_time_passed_in() -> None:
+    dev, host = pair()
+    dev.set_timers(keepalive_ms=100, dead_peer_ms=1000, rekey_after_ms=250, max_lifetime_ms=None)
+    dev.handle_timeout(10_000)  # starts the clocks
+    assert dev.poll_timeout() == 10_100
+    dev.handle_timeout(10_100)  # nothing sent for 100 ms: a keepalive
+    assert [m.kind for m in host.receive(dev.data_to_send())] == ["ping"]
+    dev.receive(host.data_to_send())  # the PONG: the peer is alive
+    dev.handle_timeout(10_250)  # the sending key is 250 ms old
+    assert "rekey" in [m.kind for m in host.receive(dev.data_to_send())]
+    dev.handle_timeout(11_249)  # the PONG was stamped at 10 250
+    host.receive(dev.data_to_send())
+    assert dev.state == "established"
+    with pytest.raises(vw.SessionTimeoutError):
+        dev.handle_timeout(11_250)
+    assert dev.state == "failed"
+    closing = host.receive(dev.data_to_send())
+    assert closing[-1].kind == "closed" and closing[-1].close_code == vw.CLOSE_IDLE_TIMEOUT
+    assert any(e.kind == "timer_expired" for e in dev.events())
+    with pytest.raises(vw.ConfigError):
+        host.set_timers(keepalive_ms=0)
+    host.set_timers(keepalive_ms=None, dead_peer_ms=None, rekey_after_ms=None, max_lifetime_ms=None)
+    host.handle_timeout(0)
+    assert host.poll_timeout() is None
+
+
+def test_the_handshake_deadline_is_set_per_connection() -> None:
+    dev = vw.Connection.initiator(DEVICE, "PM-1", host_key=HOST.public, handshake_timeout_ms=500)
+    dev.handle_timeout(1_000)
+    assert dev.poll_timeout() == 1_500
+    dev.handle_timeout(1_499)
+    with pytest.raises(vw.SessionTimeoutError):
+        dev.handle_timeout(1_500)
+    with pytest.raises(vw.ConfigError):
+        vw.Connection.responder(HOST, trust(), handshake_timeout_ms=0)
+    # Timers set before the handshake ends apply to the session.
+    dev = vw.Connection.initiator(DEVICE, "PM-1", host_key=HOST.public)
+    dev.set_timers(keepalive_ms=None, dead_peer_ms=40, rekey_after_ms=None, max_lifetime_ms=None)
+    host = vw.Connection.responder(HOST, trust())
+    pump(dev, host)
+    dev.handle_timeout(0)
+    assert dev.poll_timeout() == 40
+
+
+def test_no_frame_follows_a_close_even_when_a_ping_crossed_it() -> None:
+    """Spec §7.2: after sending CLOSE a side sends nothing more. A keepalive PING that
+    crossed the CLOSE in flight gets no PONG (the peer would take it as a protocol violation)."""
+    dev, host = pair()
+    ping = host.ping(b"12345678")
+    close = dev.close()
+    assert dev.receive(ping)[0].kind == "ping"
+    after = dev.data_to_send()
+    assert after == b""
+    msgs = host.receive(close + after)
+    assert msgs[-1].kind == "closed"
+    dev.receive(host.data_to_send())  # the host's answering CLOSE
+    assert dev.state == "closed" and host.state == "closed"

@@ -23,13 +23,34 @@ def seal_and_open() -> bytes:
     return msgs[0].payload
 
 
+def log_event(e: vitalwire.SecurityEvent) -> None:
+    print(e.json)
+
+
 async def device(port: int, host_key: bytes) -> None:
-    ch: aio.Channel = await aio.connect("127.0.0.1", port, keypair=vitalwire.Keypair.generate(), device_id="PM-2", host_key=host_key)
+    timers = aio.Timers(keepalive=5.0, dead_peer=20.0, rekey_after=None)
+    ch: aio.Channel = await aio.connect(
+        "127.0.0.1", port, keypair=vitalwire.Keypair.generate(), device_id="PM-2", host_key=host_key,
+        timers=timers, on_event=log_event,
+    )
     await ch.send(1, b"SpO2=98")
     m = await ch.recv()
     if m is not None:
         print(m.channel, m.payload)
     await ch.close()
+
+
+async def host(trust: vitalwire.TrustStore) -> None:
+    async def handler(ch: aio.Channel) -> None:
+        async for m in ch:
+            print(m.payload)
+
+    def on_error(ch: aio.Channel, e: BaseException) -> None:
+        print(ch.peer_identity, repr(e), ch.peer_close_code, ch.is_open)
+
+    server = await aio.serve("0.0.0.0", 7700, keypair=vitalwire.Keypair.generate(), trust=trust, handler=handler,
+                             on_event=log_event, on_error=on_error, timers=aio.Timers())
+    server.close()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ use crate::frame::CloseCode;
 use crate::handshake::Handshake;
 use crate::session::{Incoming, Session};
 use crate::stream::StreamDecoder;
+use crate::timers::TimerConfig;
 
 enum Phase {
     Handshaking(alloc::boxed::Box<Handshake>),
@@ -56,6 +57,7 @@ pub struct Connection {
     /// back while messages authenticated before it are delivered).
     error_reported: bool,
     now: Timestamp,
+    timers: Option<TimerConfig>,
 }
 
 impl core::fmt::Debug for Connection {
@@ -77,6 +79,7 @@ impl Connection {
             events_dropped: 0,
             error_reported: true,
             now: Timestamp(0),
+            timers: None,
         };
         c.advance()?;
         Ok(c)
@@ -111,6 +114,15 @@ impl Connection {
     /// Bytes to put on the link now (handshake messages, PONGs, CLOSEs), taken out.
     pub fn take_output(&mut self) -> BytesMut {
         self.out.split()
+    }
+
+    /// Replaces the session's timer settings (spec §7.4; default [`TimerConfig::default`]):
+    /// at once if the session is up, else when the handshake finishes.
+    pub fn set_timers(&mut self, config: TimerConfig) {
+        self.timers = Some(config);
+        if let Phase::Established(s) = &mut self.phase {
+            s.set_timers(config);
+        }
     }
 
     /// Sets the time stamped on events (call before each input when events matter).
@@ -164,7 +176,10 @@ impl Connection {
         if h.is_finished() {
             self.drain_events();
             if let Phase::Handshaking(h) = core::mem::replace(&mut self.phase, Phase::Failed(Error::Closed)) {
-                let session = h.into_session()?;
+                let mut session = h.into_session()?;
+                if let Some(timers) = self.timers {
+                    session.set_timers(timers);
+                }
                 self.decoder.set_max_frame_len(session.max_frame_len());
                 self.phase = Phase::Established(alloc::boxed::Box::new(session));
             }
@@ -271,44 +286,55 @@ impl Connection {
         r.map_err(|e| self.fail(e))
     }
 
-    /// Seals one DATA frame; returns its bytes.
-    pub fn send(&mut self, channel: u8, payload: &[u8]) -> Result<BytesMut, Error> {
-        self.with_session(|s, _| {
-            let mut out = BytesMut::with_capacity(payload.len() + 32);
-            s.seal_data(channel, payload, &mut out).map(|()| out)
+    /// Seals with `seal` after everything already due to the peer, and returns it all: the
+    /// frames queued by earlier calls (PONGs, keepalives, the key-confirming PING of IK/KK,
+    /// spec §4.8) and then the new one, in the order they were sealed. Writing the returned
+    /// bytes as they come keeps the nonces in order, whichever call a caller writes first;
+    /// on an error nothing queued is lost.
+    fn seal_after_pending(
+        &mut self,
+        capacity: usize,
+        seal: impl FnOnce(&mut Session, &mut BytesMut) -> Result<(), Error>,
+    ) -> Result<BytesMut, Error> {
+        // Only what is already sealed: frames the session has merely scheduled are sealed
+        // when polled, after this one, and a first DATA frame confirms an IK/KK key by itself.
+        self.with_session(|s, pending| {
+            let mut out = pending.split();
+            out.reserve(capacity);
+            match seal(s, &mut out) {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    pending.unsplit(out);
+                    Err(e)
+                }
+            }
         })
+    }
+
+    /// Seals one DATA frame; returns its bytes, after any frames already due (see
+    /// [`Connection::take_output`]).
+    pub fn send(&mut self, channel: u8, payload: &[u8]) -> Result<BytesMut, Error> {
+        self.seal_after_pending(payload.len() + 32, |s, out| s.seal_data(channel, payload, out))
     }
 
     /// Seals a message of any size up to the negotiated limit (fragmented when needed).
     pub fn send_message(&mut self, channel: u8, message: &[u8]) -> Result<BytesMut, Error> {
-        self.with_session(|s, _| {
-            let mut out = BytesMut::with_capacity(message.len() + 64);
-            s.seal_message(channel, message, &mut out).map(|()| out)
-        })
+        self.seal_after_pending(message.len() + 64, |s, out| s.seal_message(channel, message, out))
     }
 
-    /// Rolls the sending key now; returns the REKEY frame.
+    /// Rolls the sending key now; returns the REKEY frame (after any frames already due).
     pub fn rekey(&mut self) -> Result<BytesMut, Error> {
-        self.with_session(|s, _| {
-            let mut out = BytesMut::new();
-            s.rekey(&mut out).map(|()| out)
-        })
+        self.seal_after_pending(32, |s, out| s.rekey(out))
     }
 
-    /// A PING with 8 opaque bytes; returns the frame.
+    /// A PING with 8 opaque bytes; returns the frame (after any frames already due).
     pub fn ping(&mut self, opaque: [u8; 8]) -> Result<BytesMut, Error> {
-        self.with_session(|s, _| {
-            let mut out = BytesMut::new();
-            s.send_ping(opaque, &mut out).map(|()| out)
-        })
+        self.seal_after_pending(32, |s, out| s.send_ping(opaque, out))
     }
 
-    /// Closes with `code`; returns the CLOSE frame.
+    /// Closes with `code`; returns the CLOSE frame (after any frames already due).
     pub fn close(&mut self, code: CloseCode) -> Result<BytesMut, Error> {
-        self.with_session(|s, _| {
-            let mut out = BytesMut::new();
-            s.close(code, &mut out).map(|()| out)
-        })
+        self.seal_after_pending(32, |s, out| s.close(code, out))
     }
 
     /// Seals a frame with an arbitrary header (unknown kinds, reserved flags), to test how a

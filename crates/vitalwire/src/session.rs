@@ -513,7 +513,9 @@ impl Session {
             }
         }
         if let Some(opaque) = self.pending_pong.take() {
-            if matches!(self.state, State::Open | State::RemoteClosed(_) | State::LocalClosed) {
+            // Not after our own CLOSE (spec §7.2: nothing follows it), e.g. for a PING that
+            // crossed it in flight.
+            if matches!(self.state, State::Open | State::RemoteClosed(_)) {
                 wrote |= self.seal_frame(FrameHeader::new(FrameKind::PONG, 0), &opaque, out).is_ok();
             }
         }

@@ -305,3 +305,26 @@ proptest::proptest! {
         proptest::prop_assert_eq!(reported, unknown);
     }
 }
+
+/// A frame the connection queued itself (here the key-confirming PING an IK device owes, spec
+/// §4.8; a PONG or a keepalive alike) is sealed before the DATA a caller sends next: `send`
+/// returns it first, so a caller that writes what `send` returns before calling
+/// `take_output` still puts every frame on the wire in nonce order.
+#[test]
+fn send_returns_what_was_already_due_before_its_own_frame() {
+    let k = keys();
+    let (mut dev, mut host) = pair_with(
+        initiator_config(Profile::Ik, CipherSuite::default(), &k),
+        responder_config(&k, SessionParams::default()),
+    );
+    assert_eq!(dev.state(), ConnectionState::Established);
+    // The timer check queues the PING the device owes (its first frame confirms its key).
+    dev.handle_timeout(Timestamp(1)).unwrap();
+    let frames = dev.send(1, b"after the ping").unwrap();
+    assert!(dev.take_output().is_empty(), "everything due went out with the DATA frame");
+    let got = host.receive(&frames).expect("frames in nonce order");
+    let data: Vec<_> = got.iter().filter(|m| matches!(m, Incoming::Data { .. })).collect();
+    assert_eq!(data.len(), 1, "{got:?}");
+    assert!(matches!(data[0], Incoming::Data { channel: 1, payload } if &payload[..] == b"after the ping"));
+    assert_eq!(host.state(), ConnectionState::Established);
+}
