@@ -1,0 +1,291 @@
+//! What README.md promises about the bytes on the wire, checked on frames the code really
+//! produces: the per-frame overhead, the handshake byte totals it quotes from `spec/vectors`, and
+//! "every combination [of Cargo features] produces the same bytes on the wire". The features
+//! only choose implementations (X25519: aws-lc or curve25519-dalek; AEAD: ring or RustCrypto),
+//! and both are selectable at run time in one build, so every pairing of them is driven here,
+//! with the device and the host on different implementations (a `no_std` device talking to a
+//! `std` host).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use vitalwire::datagram::{DatagramConfig, DatagramHandshake};
+use vitalwire::*;
+
+const README: &str = include_str!("../../../README.md");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../spec/vectors");
+
+fn key(start: u8) -> [u8; 32] {
+    core::array::from_fn(|i| start.wrapping_add(i as u8))
+}
+
+fn vector(name: &str) -> Value {
+    let path = format!("{VECTORS}/{name}");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
+}
+
+/// The implementations one side runs.
+#[derive(Debug, Clone, Copy)]
+struct Backends {
+    x25519: x25519::Backend,
+    cipher: cipher::Backend,
+}
+
+/// Every pairing compiled into this build: with the default features, aws-lc or portable
+/// X25519 times ring or portable AEAD.
+fn all_backends() -> Vec<Backends> {
+    let mut x = vec![x25519::Backend::Portable];
+    #[cfg(feature = "aws-lc")]
+    x.push(x25519::Backend::AwsLc);
+    let mut c = vec![cipher::Backend::Portable];
+    #[cfg(feature = "std")]
+    c.push(cipher::Backend::Ring);
+    x.iter().flat_map(|&x25519| c.iter().map(move |&cipher| Backends { x25519, cipher })).collect()
+}
+
+const PSK_ID: &[u8] = b"psk-0001";
+
+fn identity() -> DeviceIdentity {
+    DeviceIdentity {
+        device_id: "PM-0001".into(),
+        model: "VW-Monitor".into(),
+        firmware: "1.4.2".into(),
+        max_frame_len: 2048,
+    }
+}
+
+/// The configurations of both sides with fixed keys (so the bytes are deterministic).
+fn configs(
+    profile: Profile,
+    suite: CipherSuite,
+    dev: Backends,
+    host: Backends,
+) -> (InitiatorConfig, ResponderConfig) {
+    let dev_keys = Keypair::from_private(PrivateKey::from_bytes(key(0x10)));
+    let host_keys = Keypair::from_private(PrivateKey::from_bytes(key(0x40)));
+    let psk = Psk::from_bytes(key(0xD0));
+    let mut ic = InitiatorConfig::new(profile, dev_keys.clone(), identity())
+        .suite(suite)
+        .x25519_backend(dev.x25519)
+        .cipher_backend(dev.cipher)
+        .fixed_ephemeral_for_testing_only(PrivateKey::from_bytes(key(0x70)));
+    if profile.needs_remote_key() {
+        ic = ic.host_key(*host_keys.public());
+    } else {
+        ic = ic.pin_host_keys([*host_keys.public()]);
+    }
+    if profile.needs_psk() {
+        ic = ic.psk(PSK_ID, psk.clone());
+    }
+    let mut trust = TrustList::new();
+    trust.add(*dev_keys.public(), "PM-0001", "ICU bed 4", 0);
+    let mut psks = StaticPskDirectory::new();
+    psks.add(PSK_ID, psk);
+    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4, ..SessionParams::default() };
+    let rc = ResponderConfig::new(host_keys, Arc::new(TrustStore::in_memory(trust)))
+        .params(params)
+        .psk_directory(Arc::new(psks))
+        .x25519_backend(host.x25519)
+        .cipher_backend(host.cipher)
+        .fixed_ephemeral_for_testing_only(PrivateKey::from_bytes(key(0xA0)));
+    (ic, rc)
+}
+
+/// A stream session driven through its handshake, data both ways, automatic and on-demand
+/// rekeys, a ping and a close; every frame as it went on the wire, each opened by the peer.
+fn stream_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host: Backends) -> Vec<Vec<u8>> {
+    let (ic, rc) = configs(profile, suite, dev, host);
+    let mut d = Handshake::initiator(ic).unwrap();
+    let mut h = Handshake::responder(rc).unwrap();
+    let mut wire = BytesMut::new();
+    let mut decoder = StreamDecoder::new(65535);
+    let mut frames = Vec::new();
+    while !(d.is_finished() && h.is_finished()) {
+        let (w, r) = if d.wants_write() { (&mut d, &mut h) } else { (&mut h, &mut d) };
+        w.write_message(&mut wire).unwrap();
+        frames.push(wire.to_vec());
+        r.read_message(&decoder.decode(&mut wire).unwrap().expect("a whole frame")).unwrap();
+    }
+    let (mut d, mut h) = (d.into_session().unwrap(), h.into_session().unwrap());
+    assert_eq!(d.handshake_hash(), h.handshake_hash());
+    let mut carry = |from: &mut Session, to: &mut Session, wire: &mut BytesMut, frames: &mut Vec<Vec<u8>>| {
+        while from.poll_transmit(wire) {}
+        frames.push(wire.to_vec());
+        let mut got = Vec::new();
+        while let Some(frame) = decoder.decode(wire).unwrap() {
+            got.push(to.open(frame).unwrap());
+        }
+        while to.poll_transmit(wire) {}
+        if !wire.is_empty() {
+            frames.push(wire.to_vec());
+            while let Some(frame) = decoder.decode(wire).unwrap() {
+                from.open(frame).unwrap();
+            }
+        }
+        got
+    };
+    for (n, payload) in
+        [&b"HR=72;SpO2=98"[..], &[0x5a; 300], b"HR=73", b"ALARM:HR_HIGH", b"HR=131", b"x"].iter().enumerate()
+    {
+        d.seal_data(1 + (n % 3) as u8, payload, &mut wire).unwrap();
+        let got = carry(&mut d, &mut h, &mut wire, &mut frames);
+        assert!(
+            got.iter().any(|m| matches!(m, Incoming::Data { payload: p, .. } if &p[..] == *payload)),
+            "{got:?}"
+        );
+    }
+    d.rekey(&mut wire).unwrap();
+    carry(&mut d, &mut h, &mut wire, &mut frames);
+    h.seal_data(0, b"ack", &mut wire).unwrap();
+    carry(&mut h, &mut d, &mut wire, &mut frames);
+    d.send_ping([7; 8], &mut wire).unwrap();
+    carry(&mut d, &mut h, &mut wire, &mut frames);
+    d.close(CloseCode::NORMAL, &mut wire).unwrap();
+    carry(&mut d, &mut h, &mut wire, &mut frames);
+    frames
+}
+
+/// A datagram session: HELLO, RESPONSE (and FINISH), DATA before and after an on-demand rekey.
+fn datagram_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host: Backends) -> Vec<Vec<u8>> {
+    let (ic, rc) = configs(profile, suite, dev, host);
+    let t = Timestamp(0);
+    let config = DatagramConfig::default();
+    let mut packets = Vec::new();
+    let mut init = DatagramHandshake::initiator(ic, 0x1111_1111, config, t).unwrap();
+    let hello = init.poll_transmit().unwrap();
+    let mut resp = DatagramHandshake::responder(rc, 0x2222_2222, config, &hello, t).unwrap();
+    packets.push(hello);
+    let response = resp.poll_transmit().unwrap();
+    init.handle_packet(&response, t).unwrap();
+    packets.push(response);
+    let mut d = init.into_session(t).unwrap();
+    let mut buf = BytesMut::new();
+    if d.poll_transmit(t, &mut buf) {
+        packets.push(buf.to_vec());
+        resp.handle_packet(&buf.split(), t).unwrap();
+    }
+    let mut h = resp.into_session(t).unwrap();
+    for (n, payload) in [&b"HR=72"[..], b"SpO2=98", b"after on-demand rekey"].iter().enumerate() {
+        if n == 2 {
+            d.rekey().unwrap();
+        }
+        d.seal_data(1, payload, t, &mut buf).unwrap();
+        packets.push(buf.to_vec());
+        match h.open(buf.split(), t).unwrap() {
+            Incoming::Data { payload: p, .. } => assert_eq!(&p[..], *payload),
+            other => panic!("{other:?}"),
+        }
+    }
+    packets
+}
+
+#[test]
+fn every_backend_combination_produces_the_same_bytes_on_the_wire() {
+    let backends = all_backends();
+    assert!(backends.len() >= 2, "at least the portable pairings are compiled in");
+    for profile in Profile::ALL {
+        for suite in CipherSuite::ALL {
+            let reference = stream_transcript(profile, suite, backends[0], backends[0]);
+            let datagram = (profile != Profile::XxPsk3)
+                .then(|| datagram_transcript(profile, suite, backends[0], backends[0]));
+            for &dev in &backends {
+                for &host in &backends {
+                    let what = format!("{profile:?}/{suite:?}, device {dev:?}, host {host:?}");
+                    assert!(
+                        stream_transcript(profile, suite, dev, host) == reference,
+                        "stream bytes differ: {what}"
+                    );
+                    if let Some(datagram) = &datagram {
+                        let got = datagram_transcript(profile, suite, dev, host);
+                        assert!(&got == datagram, "datagram bytes differ: {what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "Wire overhead per stream frame: 2 (length) + 3 (header) + 16 (tag) = 21 bytes; per
+/// datagram: 13 (type, index, counter) + 3 + 16 = 32 bytes (plus 4 per link packet when
+/// fragmenting)."
+#[test]
+fn per_frame_overhead_is_what_the_readme_says() {
+    let text = README.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("Wire overhead per stream frame: 2 (length) + 3 (header) + 16 (tag) = 21 bytes"));
+    assert!(
+        text.contains("per datagram: 13 (type, index, counter) + 3 + 16 = 32 bytes (plus 4 per link packet")
+    );
+    let default = all_backends()[all_backends().len() - 1];
+    for suite in CipherSuite::ALL {
+        let (ic, rc) = configs(Profile::Ik, suite, default, default);
+        // No automatic REKEY frame among the ones measured.
+        let rc = rc.params(SessionParams::default());
+        let mut d = Handshake::initiator(ic).unwrap();
+        let mut h = Handshake::responder(rc).unwrap();
+        let mut wire = BytesMut::new();
+        let mut decoder = StreamDecoder::new(65535);
+        while !(d.is_finished() && h.is_finished()) {
+            let (w, r) = if d.wants_write() { (&mut d, &mut h) } else { (&mut h, &mut d) };
+            w.write_message(&mut wire).unwrap();
+            r.read_message(&decoder.decode(&mut wire).unwrap().unwrap()).unwrap();
+        }
+        let mut d = d.into_session().unwrap();
+        for len in [0usize, 1, 13, 1000] {
+            d.seal_data(1, &vec![0x42; len], &mut wire).unwrap();
+            // Only the length is in the clear.
+            let frame_len = 2 + u16::from_be_bytes([wire[0], wire[1]]) as usize;
+            assert_eq!(frame_len, wire.len(), "one frame");
+            assert_eq!(frame_len - len, 21, "{suite:?}, {len}-byte payload");
+            wire.clear();
+        }
+        let packets = datagram_transcript(Profile::Ik, suite, default, default);
+        for (packet, len) in packets[2..].iter().zip([5usize, 7, 21]) {
+            assert_eq!(packet.len() - len, 32, "{suite:?} datagram, {len}-byte payload");
+        }
+    }
+    // Fragmenting: each link packet carries a 4-byte header (spec/vectors/fragments_mtu20.json).
+    let v = vector("fragments_mtu20.json");
+    let hex_len = |v: &Value| v.as_str().unwrap().len() / 2;
+    let fragments = v["fragments"].as_array().unwrap();
+    let total: usize = fragments.iter().map(hex_len).sum();
+    assert_eq!(total - hex_len(&v["datagram"]), 4 * fragments.len());
+    assert!(fragments.iter().all(|f| hex_len(f) <= v["mtu"].as_u64().unwrap() as usize));
+}
+
+/// "Handshake bytes on the wire, total for both directions (from `spec/vectors`): IK ..., KK
+/// ..., XX ..., XXpsk3 ...": the README's figures are those of the checked-in vectors (which
+/// `tests/vectors.rs` proves are what the code sends), for both suites.
+#[test]
+fn handshake_byte_totals_in_the_readme_are_those_of_spec_vectors() {
+    let text = README.split_whitespace().collect::<Vec<_>>().join(" ");
+    let marker = "total for both directions (from `spec/vectors`): ";
+    let start = text.find(marker).expect("the README quotes handshake byte totals") + marker.len();
+    let quoted = &text[start..start + text[start..].find(" (").unwrap()];
+    let quoted: Vec<(&str, usize)> = quoted
+        .split(", ")
+        .map(|item| {
+            let (name, n) = item.split_once(' ').unwrap();
+            (name, n.parse().unwrap_or_else(|_| panic!("{item:?}")))
+        })
+        .collect();
+    assert_eq!(quoted.len(), 4, "{quoted:?}");
+    for (name, bytes) in quoted {
+        for suite in ["chachapoly", "aesgcm"] {
+            let v = vector(&format!("{}_{suite}.json", name.to_ascii_lowercase()));
+            let total: usize = v["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["phase"] == "handshake")
+                .map(|f| f["wire"].as_str().unwrap().len() / 2)
+                .sum();
+            assert_eq!(
+                total,
+                bytes,
+                "README says {name} {bytes}, spec/vectors/{}_{suite}.json has {total}",
+                name.to_ascii_lowercase()
+            );
+        }
+    }
+}
