@@ -207,11 +207,27 @@ pub fn read_private_key(path: &Path) -> Result<Keypair, KeyFileError> {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
+            // A public key file given where the private one belongs (`--key host.key.pub`) is
+            // that mistake, not a permission problem: `chmod 600` would not help.
+            if is_public_key_file(path) {
+                return Err(KeyFileError::WrongKind { path: path.to_path_buf(), expected: "private" });
+            }
             return Err(KeyFileError::InsecurePermissions { path: path.to_path_buf(), mode });
         }
     }
     let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
     Ok(Keypair::from_private(private_key_from_text(path, &text)?))
+}
+
+/// Whether `path` starts like a public key file. Reads only the first line, so the content of
+/// an exposed private key file is not loaded.
+#[cfg(unix)]
+fn is_public_key_file(path: &Path) -> bool {
+    use std::io::{BufRead, BufReader, Read};
+    let Ok(file) = fs::File::open(path) else { return false };
+    let mut first = Zeroizing::new(String::new());
+    let read = BufReader::new(file).take(PUBLIC_HEADER.len() as u64 + 2).read_line(&mut first);
+    read.is_ok() && first.trim_end() == PUBLIC_HEADER
 }
 
 /// Reads a public key file (a private key file also yields its public key).
@@ -240,6 +256,28 @@ mod tests {
         let signed =
             alloc::format!("vitalwire public key v1\nx25519 +a{}\ncheck 00000000\n", "ab".repeat(31));
         assert!(matches!(public_key_from_text(Path::new("k"), &signed), Err(KeyFileError::Malformed { .. })));
+    }
+
+    /// `--key host.key.pub` (a public key file, mode 0644) is reported as the wrong kind of
+    /// file, not as a private key to `chmod 600`; an exposed private key still is.
+    #[cfg(unix)]
+    #[test]
+    fn a_public_key_given_as_the_private_one_is_the_wrong_kind_not_a_permission_problem() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(alloc::format!("vitalwire-keyfile-kind-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let kp = Keypair::from_private(PrivateKey::from_bytes([7; 32]));
+        let (private, public) = (dir.join("k"), dir.join("k.pub"));
+        write_private_key(&private, kp.private(), "").unwrap();
+        write_public_key(&public, kp.public(), "").unwrap();
+        fs::set_permissions(&public, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_private_key(&public).unwrap_err();
+        assert!(matches!(err, KeyFileError::WrongKind { expected: "private", .. }), "{err}");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_private_key(&private).unwrap_err();
+        assert!(matches!(err, KeyFileError::InsecurePermissions { mode: 0o640, .. }), "{err}");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
