@@ -76,14 +76,15 @@ enum Command {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
-        /// Handshakes one source address may start at once.
-        #[arg(long, default_value_t = 20)]
+        /// Handshakes one source address may start at once (at least 1).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         handshake_burst: u32,
-        /// Handshakes per second one source address may start after its burst.
-        #[arg(long, default_value_t = 10.0)]
+        /// Handshakes per second one source address may start after its burst (a finite
+        /// number, 0 or more).
+        #[arg(long, default_value_t = 10.0, value_parser = handshake_rate)]
         handshake_rate: f64,
-        /// Most handshakes in progress at once.
-        #[arg(long, default_value_t = 256)]
+        /// Most handshakes in progress at once (at least 1).
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
         max_half_open: usize,
     },
     /// Run a simulated patient monitor (heart rate, SpO2, blood pressure, ECG-like waveform,
@@ -101,8 +102,9 @@ enum Command {
         /// Use UDP (datagram mode) instead of TCP.
         #[arg(long)]
         udp: bool,
-        /// The device id (must match the trust store entry).
-        #[arg(long)]
+        /// The device id (must match the trust store entry): 1 to 64 bytes of UTF-8, no
+        /// control characters.
+        #[arg(long, value_parser = device_id)]
         id: String,
         /// Handshake profile: xx, ik, kk (xxpsk3 needs a provisioned PSK; not from the CLI).
         #[arg(long, default_value = "ik", value_parser = ["xx", "ik", "kk"])]
@@ -177,6 +179,29 @@ enum TrustCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+}
+
+/// `--handshake-rate`: NaN or infinity would switch the rate limit off, a negative rate would
+/// refuse every handshake after the burst.
+fn handshake_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err("expected a finite number of handshakes per second, 0 or more".into()),
+    }
+}
+
+/// A count that must be at least 1 (0 would refuse every device).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number, at least 1".into()),
+    }
+}
+
+/// `--id`: the rules of the trust store (and of the handshake's identity payload), so a device
+/// that could never be admitted is refused here rather than retried forever.
+fn device_id(text: &str) -> Result<String, String> {
+    vitalwire::trust::check_device_id(text).map(|()| text.to_string()).map_err(|e| e.to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
