@@ -4,7 +4,9 @@
 //! only choose implementations (X25519: aws-lc or curve25519-dalek; AEAD: ring or RustCrypto),
 //! and both are selectable at run time in one build, so every pairing of them is driven here,
 //! with the device and the host on different implementations (a `no_std` device talking to a
-//! `std` host).
+//! `std` host). The file uses nothing `std`-only from the crate, so it also runs on the
+//! builds the other feature sets make: `cargo test -p vitalwire --no-default-features --test
+//! promises` (the firmware build) and `--no-default-features --features std`.
 
 use std::sync::Arc;
 
@@ -35,9 +37,11 @@ struct Backends {
 /// Every pairing compiled into this build: with the default features, aws-lc or portable
 /// X25519 times ring or portable AEAD.
 fn all_backends() -> Vec<Backends> {
+    #[allow(unused_mut)]
     let mut x = vec![x25519::Backend::Portable];
     #[cfg(feature = "aws-lc")]
     x.push(x25519::Backend::AwsLc);
+    #[allow(unused_mut)]
     let mut c = vec![cipher::Backend::Portable];
     #[cfg(feature = "std")]
     c.push(cipher::Backend::Ring);
@@ -46,29 +50,69 @@ fn all_backends() -> Vec<Backends> {
 
 const PSK_ID: &[u8] = b"psk-0001";
 
-fn identity() -> DeviceIdentity {
-    DeviceIdentity {
-        device_id: "PM-0001".into(),
-        model: "VW-Monitor".into(),
-        firmware: "1.4.2".into(),
-        max_frame_len: 2048,
+/// The host's allowlist as a policy without the `std`-only `TrustStore`.
+struct ListPolicy(TrustList);
+
+impl TrustPolicy for ListPolicy {
+    fn check(&self, key: &PublicKey, identity: Option<&DeviceIdentity>) -> TrustDecision {
+        self.0.decide(key, identity)
+    }
+    fn find_by_key_id(&self, id: &KeyId) -> Option<PublicKey> {
+        self.0.find_by_key_id(id)
     }
 }
 
-/// The configurations of both sides with fixed keys (so the bytes are deterministic).
+/// A board's random source stand-in (the ephemeral keys are fixed; `no_std` builds need one).
+struct CountingEntropy(u8);
+
+impl EntropySource for CountingEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError> {
+        for b in dest {
+            self.0 = self.0.wrapping_add(1);
+            *b = self.0;
+        }
+        Ok(())
+    }
+}
+
+/// The device identity and host parameters of `spec/vectors` (the stream vectors, or the
+/// datagram ones), so the frames built here can be compared with those files.
+fn identity_and_params(datagram: bool) -> (DeviceIdentity, SessionParams) {
+    if datagram {
+        let id = DeviceIdentity {
+            device_id: "PM-0001".into(),
+            model: String::new(),
+            firmware: String::new(),
+            max_frame_len: 512,
+        };
+        (id, SessionParams { max_frame_len: 512, rekey_interval: 4, max_message_len: 0 })
+    } else {
+        let id = DeviceIdentity {
+            device_id: "PM-0001".into(),
+            model: "VW-Monitor".into(),
+            firmware: "1.4.2".into(),
+            max_frame_len: 2048,
+        };
+        (id, SessionParams { max_frame_len: 4096, rekey_interval: 4, ..SessionParams::default() })
+    }
+}
+
 fn configs(
     profile: Profile,
     suite: CipherSuite,
     dev: Backends,
     host: Backends,
+    datagram: bool,
 ) -> (InitiatorConfig, ResponderConfig) {
+    let (identity, params) = identity_and_params(datagram);
     let dev_keys = Keypair::from_private(PrivateKey::from_bytes(key(0x10)));
     let host_keys = Keypair::from_private(PrivateKey::from_bytes(key(0x40)));
     let psk = Psk::from_bytes(key(0xD0));
-    let mut ic = InitiatorConfig::new(profile, dev_keys.clone(), identity())
+    let mut ic = InitiatorConfig::new(profile, dev_keys.clone(), identity)
         .suite(suite)
         .x25519_backend(dev.x25519)
         .cipher_backend(dev.cipher)
+        .entropy(Box::new(CountingEntropy(1)))
         .fixed_ephemeral_for_testing_only(PrivateKey::from_bytes(key(0x70)));
     if profile.needs_remote_key() {
         ic = ic.host_key(*host_keys.public());
@@ -82,8 +126,8 @@ fn configs(
     trust.add(*dev_keys.public(), "PM-0001", "ICU bed 4", 0);
     let mut psks = StaticPskDirectory::new();
     psks.add(PSK_ID, psk);
-    let params = SessionParams { max_frame_len: 4096, rekey_interval: 4, ..SessionParams::default() };
-    let rc = ResponderConfig::new(host_keys, Arc::new(TrustStore::in_memory(trust)))
+    let rc = ResponderConfig::new(host_keys, Arc::new(ListPolicy(trust)))
+        .entropy(Box::new(CountingEntropy(2)))
         .params(params)
         .psk_directory(Arc::new(psks))
         .x25519_backend(host.x25519)
@@ -95,7 +139,7 @@ fn configs(
 /// A stream session driven through its handshake, data both ways, automatic and on-demand
 /// rekeys, a ping and a close; every frame as it went on the wire, each opened by the peer.
 fn stream_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host: Backends) -> Vec<Vec<u8>> {
-    let (ic, rc) = configs(profile, suite, dev, host);
+    let (ic, rc) = configs(profile, suite, dev, host, false);
     let mut d = Handshake::initiator(ic).unwrap();
     let mut h = Handshake::responder(rc).unwrap();
     let mut wire = BytesMut::new();
@@ -148,7 +192,7 @@ fn stream_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host: 
 
 /// A datagram session: HELLO, RESPONSE (and FINISH), DATA before and after an on-demand rekey.
 fn datagram_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host: Backends) -> Vec<Vec<u8>> {
-    let (ic, rc) = configs(profile, suite, dev, host);
+    let (ic, rc) = configs(profile, suite, dev, host, true);
     let t = Timestamp(0);
     let config = DatagramConfig::default();
     let mut packets = Vec::new();
@@ -180,15 +224,77 @@ fn datagram_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host
     packets
 }
 
+fn suite_name(suite: CipherSuite) -> &'static str {
+    if suite == CipherSuite::ChaChaPolyBlake2s {
+        "chachapoly"
+    } else {
+        "aesgcm"
+    }
+}
+
+/// The handshake frames and the first DATA frame of a checked-in stream vector.
+fn stream_vector_prefix(profile: Profile, suite: CipherSuite) -> Vec<Vec<u8>> {
+    let v = vector(&format!("{}_{}.json", profile.pattern().to_ascii_lowercase(), suite_name(suite)));
+    let frames = v["frames"].as_array().unwrap();
+    let handshake = frames.iter().take_while(|f| f["phase"] == "handshake");
+    let first_data = frames.iter().find(|f| f["kind"] == "DATA" && f["from"] == "initiator").unwrap();
+    assert_eq!(
+        (first_data["channel"].as_u64(), first_data["payload"].as_str()),
+        (Some(1), Some("48523d37323b53704f323d3938"))
+    );
+    handshake.chain([first_data]).map(|f| hexv(&f["wire"])).collect()
+}
+
+/// HELLO, RESPONSE (FINISH) and the device's first DATA packet of a checked-in datagram vector,
+/// if there is one for this pair.
+fn datagram_vector_prefix(profile: Profile, suite: CipherSuite) -> Option<Vec<Vec<u8>>> {
+    let name =
+        format!("{VECTORS}/datagram_{}_{}.json", profile.pattern().to_ascii_lowercase(), suite_name(suite));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(name).ok()?).unwrap();
+    let packets = v["packets"].as_array().unwrap();
+    let handshake =
+        packets.iter().filter(|p| ["HELLO", "RESPONSE", "FINISH"].contains(&p["packet"].as_str().unwrap()));
+    let first_data = packets.iter().find(|p| p["kind"] == "DATA" && p["from"] == "initiator").unwrap();
+    assert_eq!(
+        (first_data["channel"].as_u64(), first_data["payload"].as_str()),
+        (Some(1), Some("48523d3732"))
+    );
+    Some(handshake.chain([first_data]).map(|p| hexv(&p["wire"])).collect())
+}
+
+fn hexv(v: &Value) -> Vec<u8> {
+    let text = v.as_str().unwrap();
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Within this build: every pairing of implementations on the device and on the host sends
+/// the same bytes. Across builds: those bytes begin with the checked-in vectors' (the whole
+/// handshake and the first DATA frame; `tests/vectors.rs` checks the rest on the default
+/// build), so each feature set's build is held to the same wire.
 #[test]
 fn every_backend_combination_produces_the_same_bytes_on_the_wire() {
     let backends = all_backends();
-    assert!(backends.len() >= 2, "at least the portable pairings are compiled in");
     for profile in Profile::ALL {
         for suite in CipherSuite::ALL {
             let reference = stream_transcript(profile, suite, backends[0], backends[0]);
+            let expected = stream_vector_prefix(profile, suite);
+            assert!(
+                reference[..expected.len()] == expected[..],
+                "{profile:?}/{suite:?}: not the bytes of spec/vectors"
+            );
             let datagram = (profile != Profile::XxPsk3)
                 .then(|| datagram_transcript(profile, suite, backends[0], backends[0]));
+            if let (Some(got), Some(expected)) = (&datagram, datagram_vector_prefix(profile, suite)) {
+                let handshake = expected.len() - 1;
+                assert!(
+                    got[..handshake] == expected[..handshake],
+                    "{profile:?}/{suite:?} datagram handshake: not spec/vectors"
+                );
+                assert!(
+                    got[handshake] == expected[handshake],
+                    "{profile:?}/{suite:?} first datagram: not spec/vectors"
+                );
+            }
             for &dev in &backends {
                 for &host in &backends {
                     let what = format!("{profile:?}/{suite:?}, device {dev:?}, host {host:?}");
@@ -218,7 +324,7 @@ fn per_frame_overhead_is_what_the_readme_says() {
     );
     let default = all_backends()[all_backends().len() - 1];
     for suite in CipherSuite::ALL {
-        let (ic, rc) = configs(Profile::Ik, suite, default, default);
+        let (ic, rc) = configs(Profile::Ik, suite, default, default, false);
         // No automatic REKEY frame among the ones measured.
         let rc = rc.params(SessionParams::default());
         let mut d = Handshake::initiator(ic).unwrap();
