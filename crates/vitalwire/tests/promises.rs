@@ -18,10 +18,6 @@ use vitalwire::*;
 const README: &str = include_str!("../../../README.md");
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../spec/vectors");
 
-fn key(start: u8) -> [u8; 32] {
-    core::array::from_fn(|i| start.wrapping_add(i as u8))
-}
-
 fn vector(name: &str) -> Value {
     let path = format!("{VECTORS}/{name}");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
@@ -48,8 +44,6 @@ fn all_backends() -> Vec<Backends> {
     x.iter().flat_map(|&x25519| c.iter().map(move |&cipher| Backends { x25519, cipher })).collect()
 }
 
-const PSK_ID: &[u8] = b"psk-0001";
-
 /// The host's allowlist as a policy without the `std`-only `TrustStore`.
 struct ListPolicy(TrustList);
 
@@ -75,28 +69,35 @@ impl EntropySource for CountingEntropy {
     }
 }
 
-/// The device identity and host parameters of `spec/vectors` (the stream vectors, or the
-/// datagram ones), so the frames built here can be compared with those files.
-fn identity_and_params(datagram: bool) -> (DeviceIdentity, SessionParams) {
-    if datagram {
-        let id = DeviceIdentity {
-            device_id: "PM-0001".into(),
-            model: String::new(),
-            firmware: String::new(),
-            max_frame_len: 512,
-        };
-        (id, SessionParams { max_frame_len: 512, rekey_interval: 4, max_message_len: 0 })
+fn suite_name(suite: CipherSuite) -> &'static str {
+    if suite == CipherSuite::ChaChaPolyBlake2s {
+        "chachapoly"
     } else {
-        let id = DeviceIdentity {
-            device_id: "PM-0001".into(),
-            model: "VW-Monitor".into(),
-            firmware: "1.4.2".into(),
-            max_frame_len: 2048,
-        };
-        (id, SessionParams { max_frame_len: 4096, rekey_interval: 4, ..SessionParams::default() })
+        "aesgcm"
     }
 }
 
+fn hexv(v: &Value) -> Vec<u8> {
+    let text = v.as_str().unwrap_or_else(|| panic!("not hex: {v}"));
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
+
+fn private(v: &Value) -> PrivateKey {
+    PrivateKey::from_slice(&hexv(v)).unwrap()
+}
+
+/// The stream vector of this pair, or (`datagram`) the datagram vector whose inputs (keys,
+/// identity, parameters, indices) every datagram pair here uses: the inputs are read from the
+/// files, so the bytes built here can be compared with theirs.
+fn inputs(profile: Profile, suite: CipherSuite, datagram: bool) -> Value {
+    if datagram {
+        vector("datagram_ik_chachapoly.json")
+    } else {
+        vector(&format!("{}_{}.json", profile.pattern().to_ascii_lowercase(), suite_name(suite)))
+    }
+}
+
+/// The configurations of both sides, from a vector's inputs (fixed keys: deterministic bytes).
 fn configs(
     profile: Profile,
     suite: CipherSuite,
@@ -104,36 +105,57 @@ fn configs(
     host: Backends,
     datagram: bool,
 ) -> (InitiatorConfig, ResponderConfig) {
-    let (identity, params) = identity_and_params(datagram);
-    let dev_keys = Keypair::from_private(PrivateKey::from_bytes(key(0x10)));
-    let host_keys = Keypair::from_private(PrivateKey::from_bytes(key(0x40)));
-    let psk = Psk::from_bytes(key(0xD0));
-    let mut ic = InitiatorConfig::new(profile, dev_keys.clone(), identity)
+    let v = inputs(profile, suite, datagram);
+    let (i, r) = (&v["initiator"], &v["responder"]);
+    let id = &i["identity"];
+    let identity = DeviceIdentity {
+        device_id: id["device_id"].as_str().unwrap().into(),
+        model: id["model"].as_str().unwrap().into(),
+        firmware: id["firmware"].as_str().unwrap().into(),
+        max_frame_len: id["max_frame_len"].as_u64().unwrap() as u16,
+    };
+    let p = &r["params"];
+    let params = SessionParams {
+        max_frame_len: p["max_frame_len"].as_u64().unwrap() as u16,
+        rekey_interval: p["rekey_interval"].as_u64().unwrap() as u32,
+        max_message_len: p["max_message_len"].as_u64().unwrap() as u32,
+    };
+    let dev_keys = Keypair::from_private(private(&i["static_private"]));
+    let host_keys = Keypair::from_private(private(&r["static_private"]));
+    let mut ic = InitiatorConfig::new(profile, dev_keys.clone(), identity.clone())
         .suite(suite)
         .x25519_backend(dev.x25519)
         .cipher_backend(dev.cipher)
         .entropy(Box::new(CountingEntropy(1)))
-        .fixed_ephemeral_for_testing_only(PrivateKey::from_bytes(key(0x70)));
+        .fixed_ephemeral_for_testing_only(private(&i["ephemeral_private"]));
     if profile.needs_remote_key() {
         ic = ic.host_key(*host_keys.public());
     } else {
         ic = ic.pin_host_keys([*host_keys.public()]);
     }
+    let mut psks = StaticPskDirectory::new();
     if profile.needs_psk() {
-        ic = ic.psk(PSK_ID, psk.clone());
+        let (psk_id, psk) = (hexv(&i["psk_id"]), Psk::from_slice(&hexv(&i["psk"])).unwrap());
+        ic = ic.psk(&psk_id, psk.clone());
+        psks.add(&psk_id, psk);
     }
     let mut trust = TrustList::new();
-    trust.add(*dev_keys.public(), "PM-0001", "ICU bed 4", 0);
-    let mut psks = StaticPskDirectory::new();
-    psks.add(PSK_ID, psk);
+    trust.add(*dev_keys.public(), &identity.device_id, "ICU bed 4", 0);
     let rc = ResponderConfig::new(host_keys, Arc::new(ListPolicy(trust)))
         .entropy(Box::new(CountingEntropy(2)))
         .params(params)
         .psk_directory(Arc::new(psks))
         .x25519_backend(host.x25519)
         .cipher_backend(host.cipher)
-        .fixed_ephemeral_for_testing_only(PrivateKey::from_bytes(key(0xA0)));
+        .fixed_ephemeral_for_testing_only(private(&r["ephemeral_private"]));
     (ic, rc)
+}
+
+/// The session indices of the datagram vector.
+fn indices() -> (u32, u32) {
+    let v = vector("datagram_ik_chachapoly.json");
+    let index = |side: &str| v[side]["index"].as_u64().unwrap() as u32;
+    (index("initiator"), index("responder"))
 }
 
 /// A stream session driven through its handshake, data both ways, automatic and on-demand
@@ -196,9 +218,10 @@ fn datagram_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host
     let t = Timestamp(0);
     let config = DatagramConfig::default();
     let mut packets = Vec::new();
-    let mut init = DatagramHandshake::initiator(ic, 0x1111_1111, config, t).unwrap();
+    let (init_index, resp_index) = indices();
+    let mut init = DatagramHandshake::initiator(ic, init_index, config, t).unwrap();
     let hello = init.poll_transmit().unwrap();
-    let mut resp = DatagramHandshake::responder(rc, 0x2222_2222, config, &hello, t).unwrap();
+    let mut resp = DatagramHandshake::responder(rc, resp_index, config, &hello, t).unwrap();
     packets.push(hello);
     let response = resp.poll_transmit().unwrap();
     init.handle_packet(&response, t).unwrap();
@@ -222,14 +245,6 @@ fn datagram_transcript(profile: Profile, suite: CipherSuite, dev: Backends, host
         }
     }
     packets
-}
-
-fn suite_name(suite: CipherSuite) -> &'static str {
-    if suite == CipherSuite::ChaChaPolyBlake2s {
-        "chachapoly"
-    } else {
-        "aesgcm"
-    }
 }
 
 /// The handshake frames and the first DATA frame of a checked-in stream vector.
@@ -262,11 +277,6 @@ fn datagram_vector_prefix(profile: Profile, suite: CipherSuite) -> Option<Vec<Ve
     Some(handshake.chain([first_data]).map(|p| hexv(&p["wire"])).collect())
 }
 
-fn hexv(v: &Value) -> Vec<u8> {
-    let text = v.as_str().unwrap();
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
-}
-
 /// Within this build: every pairing of implementations on the device and on the host sends
 /// the same bytes. Across builds: those bytes begin with the checked-in vectors' (the whole
 /// handshake and the first DATA frame; `tests/vectors.rs` checks the rest on the default
@@ -278,10 +288,12 @@ fn every_backend_combination_produces_the_same_bytes_on_the_wire() {
         for suite in CipherSuite::ALL {
             let reference = stream_transcript(profile, suite, backends[0], backends[0]);
             let expected = stream_vector_prefix(profile, suite);
-            assert!(
-                reference[..expected.len()] == expected[..],
-                "{profile:?}/{suite:?}: not the bytes of spec/vectors"
-            );
+            for (n, (got, want)) in reference.iter().zip(&expected).enumerate() {
+                assert!(
+                    got == want,
+                    "{profile:?}/{suite:?}: frame {n} is not the one of spec/vectors: {got:02x?} {want:02x?}"
+                );
+            }
             let datagram = (profile != Profile::XxPsk3)
                 .then(|| datagram_transcript(profile, suite, backends[0], backends[0]));
             if let (Some(got), Some(expected)) = (&datagram, datagram_vector_prefix(profile, suite)) {
