@@ -195,6 +195,19 @@ fn the_two_terminal_commands_of_the_readme_run_as_written_and_the_status_line_co
         assert!(status.iter().any(|(f, _)| f == field), "no {field} in {status:?}");
     }
     assert_eq!(host.status_field("rejected"), Some(0), "{status:?}");
+    // `device` defaults: `--profile ik`, `--suite chachapoly`; `host` writes events to stderr
+    // and telemetry to stdout by default.
+    let established = host
+        .stderr()
+        .lines()
+        .filter_map(|l| l.find('{').and_then(|at| serde_json::from_str::<serde_json::Value>(&l[at..]).ok()))
+        .find(|e| e["event"] == "session_established" && e["device_id"] == "PM-0001");
+    let established =
+        established.unwrap_or_else(|| panic!("no session_established on stderr: {}", host.stderr()));
+    assert_eq!(
+        (&established["profile"], &established["suite"]),
+        (&"IK".into(), &"25519_ChaChaPoly_BLAKE2s".into())
+    );
     let from_tcp: Vec<u64> = host.telemetry("PM-0001").iter().filter_map(|t| t["session"].as_u64()).collect();
     drop(tcp_device);
 
@@ -554,7 +567,90 @@ fn the_demo_as_written_shows_every_profile_and_suite_and_rejects_the_rogues() {
             .any(|e| e["event"] == host_saw && e["device_id"] == rogue && e["severity"] == "alert");
         assert!(logged, "{rogue}: no {host_saw} alert logged: {stdout}");
     }
+    // Without --quiet every frame is printed: 5 numerics and 5 waveform blocks per monitor.
+    for id in ["PM-0001", "PM-0002", "PM-0003", "PM-0004"] {
+        for what in ["numerics", "waveform"] {
+            let n = stdout.lines().filter(|l| l.starts_with(&format!("[host] {id} {what} "))).count();
+            assert_eq!(n, 5, "{id} {what}: {stdout}");
+        }
+    }
     let alerts =
         stdout.lines().find_map(|l| l.strip_prefix("security events at warning or above: ")).unwrap();
     assert!(alerts.trim().parse::<u32>().unwrap() >= 3, "{stdout}");
+}
+
+/// `demo --quiet`: "Print only connections, security events, session ends and the summary, not
+/// every frame"; `--no-rogue`: "Leave out the rogues".
+#[test]
+fn demo_quiet_prints_no_frames_and_no_rogue_leaves_the_rogues_out() {
+    let sb = Sandbox::new("demo-quiet");
+    let out = sh(&sb.dir, "vitalwire demo --quiet --no-rogue --devices 2 --frames 3 --interval-ms 0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.lines().any(|l| l.starts_with("[host] PM-")), "frames printed with --quiet: {stdout}");
+    assert!(!stdout.contains("ROGUE"), "rogues with --no-rogue: {stdout}");
+    let rows: Vec<Vec<&str>> =
+        stdout.lines().filter(|l| l.starts_with("PM-")).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows.iter().all(|r| (r[2], r[3]) == ("3", "3")), "{stdout}");
+    assert!(stdout.contains("security events at warning or above: 0"), "{stdout}");
+    // Connections and session ends are still printed.
+    assert_eq!(stdout.matches(r#""event":"session_established""#).count(), 2, "{stdout}");
+    assert_eq!(stdout.matches(r#""event":"session_closed""#).count(), 2, "{stdout}");
+}
+
+/// The defaults and behaviours `--help` states: `--trust`/`--store` default to `trust.vw`;
+/// trust on first use is off by default; `trust add` creates the store and re-admits a revoked
+/// key (and a host built on that store admits the device again).
+#[test]
+fn the_defaults_and_re_admission_the_help_describes() {
+    use vitalwire::*;
+    let sb = Sandbox::new("help-defaults");
+    sb.keygen("host");
+    sb.keygen("pm1");
+    let host_line = "vitalwire host --key host.key --tcp 127.0.0.1:0 --seconds 1";
+    // No store yet: the host names the default file it wanted.
+    let (code, err) = run_bounded(&sb.dir, host_line, Duration::from_secs(20));
+    assert!(code.is_some_and(|c| c != 0) && err.contains("trust.vw"), "{code:?} {err}");
+    // `trust add` without --store creates ./trust.vw.
+    run_ok(&sb.dir, "vitalwire trust add pm1.key.pub --device-id PM-1");
+    assert!(sb.store().exists());
+    let list = run_ok(&sb.dir, "vitalwire trust list");
+    assert!(list.starts_with("trust on first use: off\n") && list.contains("PM-1"), "{list}");
+    let (code, err) = run_bounded(&sb.dir, host_line, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("vitalwire host: TCP 127.0.0.1:"), "{err}");
+
+    let host_keys = keyfile::read_private_key(&sb.path("host.key")).unwrap();
+    let admitted = || {
+        let store: Arc<dyn TrustPolicy> = Arc::new(TrustStore::open(sb.store()).unwrap());
+        let keys = keyfile::read_private_key(&sb.path("pm1.key")).unwrap();
+        let config = InitiatorConfig::new(Profile::Ik, keys, DeviceIdentity::new("PM-1"))
+            .host_key(*host_keys.public());
+        let mut dev = Handshake::initiator(config).unwrap();
+        let mut host = Handshake::responder(ResponderConfig::new(host_keys.clone(), store)).unwrap();
+        let mut wire = bytes::BytesMut::new();
+        let mut decoder = StreamDecoder::new(65535);
+        while !(dev.is_finished() && host.is_finished()) {
+            let (w, r) = if dev.wants_write() { (&mut dev, &mut host) } else { (&mut host, &mut dev) };
+            if w.write_message(&mut wire).is_err() {
+                return false;
+            }
+            let frame = decoder.decode(&mut wire).unwrap().unwrap();
+            if r.read_message(&frame).is_err() {
+                return false;
+            }
+        }
+        host.into_session().is_ok()
+    };
+    assert!(admitted());
+    run_ok(&sb.dir, "vitalwire trust revoke pm1.key.pub");
+    assert!(run_ok(&sb.dir, "vitalwire trust list").contains("revoked"));
+    assert!(!admitted(), "a revoked key was admitted");
+    run_ok(&sb.dir, "vitalwire trust add pm1.key.pub --device-id PM-1 --label again");
+    let list = run_ok(&sb.dir, "vitalwire trust list");
+    assert!(list.contains("trusted") && !list.contains("revoked") && list.contains("again"), "{list}");
+    assert!(admitted(), "re-admitted key refused");
 }
