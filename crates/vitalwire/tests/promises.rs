@@ -33,14 +33,16 @@ struct Backends {
 /// Every pairing compiled into this build: with the default features, aws-lc or portable
 /// X25519 times ring or portable AEAD.
 fn all_backends() -> Vec<Backends> {
-    #[allow(unused_mut)]
-    let mut x = vec![x25519::Backend::Portable];
-    #[cfg(feature = "aws-lc")]
-    x.push(x25519::Backend::AwsLc);
-    #[allow(unused_mut)]
-    let mut c = vec![cipher::Backend::Portable];
-    #[cfg(feature = "std")]
-    c.push(cipher::Backend::Ring);
+    let x = [
+        x25519::Backend::Portable,
+        #[cfg(feature = "aws-lc")]
+        x25519::Backend::AwsLc,
+    ];
+    let c = [
+        cipher::Backend::Portable,
+        #[cfg(feature = "std")]
+        cipher::Backend::Ring,
+    ];
     x.iter().flat_map(|&x25519| c.iter().map(move |&cipher| Backends { x25519, cipher })).collect()
 }
 
