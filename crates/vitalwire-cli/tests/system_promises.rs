@@ -223,6 +223,19 @@ fn the_two_terminal_commands_of_the_readme_run_as_written_and_the_status_line_co
     });
     assert!(udp_ok.is_some(), "host: {}\ndevice: {}", host.stderr(), udp_device.stderr());
     drop(udp_device);
+    // What the simulated monitor sends, as the host writes it: numerics as text, the waveform
+    // (64 samples of 2 bytes) as hex.
+    for t in host.telemetry("PM-0001") {
+        match t["channel"].as_u64() {
+            Some(1) => {
+                let text = t["text"].as_str().unwrap_or_default();
+                assert!(text.starts_with("HR=") && text.contains(";SpO2=") && text.contains(";NIBP="), "{t}");
+            }
+            Some(2) => assert_eq!(t["hex"].as_str().map(str::len), Some(256), "{t}"),
+            Some(3) => assert!(t["text"].is_string(), "{t}"),
+            _ => panic!("unexpected telemetry line {t}"),
+        }
+    }
 
     // A device with a key nobody registered is refused: the device exits non-zero, the host
     // logs an alert and the status line counts the rejection and the alert.
