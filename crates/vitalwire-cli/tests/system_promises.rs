@@ -667,3 +667,52 @@ fn the_defaults_and_re_admission_the_help_describes() {
     assert!(list.contains("trusted") && !list.contains("revoked") && list.contains("again"), "{list}");
     assert!(admitted(), "re-admitted key refused");
 }
+
+/// `device --help`: "Handshake profile: xx, ik, kk" and "Cipher suite: chachapoly or aesgcm",
+/// "Use UDP (datagram mode) instead of TCP": every profile and every suite on both transports
+/// reaches one `vitalwire host`, which records the profile and suite each device used.
+#[test]
+fn every_device_profile_and_suite_works_on_tcp_and_on_udp() {
+    let sb = Sandbox::new("profiles-suites");
+    sb.keygen("host");
+    let matrix = [
+        ("xx", "chachapoly", false),
+        ("xx", "aesgcm", true),
+        ("ik", "chachapoly", true),
+        ("ik", "aesgcm", false),
+        ("kk", "chachapoly", false),
+        ("kk", "aesgcm", true),
+    ];
+    let ids: Vec<String> = (1..=matrix.len()).map(|n| format!("PM-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        sb.keygen(&format!("pm{n}"));
+        sb.trust_add(&format!("pm{n}"), id);
+    }
+    let host = HostProc::start(&sb, HostArgs { udp: true, ..HostArgs::default() });
+    let keys: Vec<String> = (0..matrix.len()).map(|n| format!("pm{n}")).collect();
+    let extras: Vec<[&str; 2]> = matrix.iter().map(|(_, suite, _)| ["--suite", *suite]).collect();
+    let devices: Vec<Proc> = matrix
+        .iter()
+        .enumerate()
+        .map(|(n, &(profile, _, udp))| {
+            let addr = if udp { host.udp.unwrap() } else { host.tcp.unwrap() };
+            let args =
+                DeviceArgs { profile, udp, extra: &extras[n], ..DeviceArgs::new(&keys[n], &ids[n], addr) };
+            start_device(&sb, &args)
+        })
+        .collect();
+    let all = wait_until(Duration::from_secs(40), || {
+        let t = host.telemetry();
+        ids.iter().all(|id| t.iter().filter(|v| v["device_id"] == id.as_str()).count() >= 4)
+    });
+    let stderr: Vec<String> = devices.iter().map(Proc::stderr).collect();
+    assert!(all.is_some(), "host: {}\ndevices: {stderr:#?}", host.proc.stderr());
+    let established = host.events_named("session_established");
+    for (n, &(profile, suite, _)) in matrix.iter().enumerate() {
+        let e = established.iter().find(|e| e["device_id"] == ids[n].as_str());
+        let e = e.unwrap_or_else(|| panic!("{}: no session_established: {established:?}", ids[n]));
+        assert_eq!(e["profile"].as_str().unwrap().to_ascii_lowercase(), profile, "{e}");
+        let suite_name = if suite == "aesgcm" { "25519_AESGCM_SHA256" } else { "25519_ChaChaPoly_BLAKE2s" };
+        assert_eq!(e["suite"], suite_name, "{e}");
+    }
+}
