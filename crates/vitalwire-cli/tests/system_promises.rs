@@ -452,6 +452,18 @@ fn every_command_refuses_damaged_exposed_or_wrong_kind_key_files() {
         let secret_hex = host_priv.lines().find_map(|l| l.strip_prefix("x25519 ")).unwrap();
         assert!(!err.contains(&secret_hex[..16]), "{line}: {err}");
     }
+    // Not a key file at all: refused after at most 64 KiB, never read to the end.
+    for line in [
+        "vitalwire fingerprint /dev/zero".to_string(),
+        device("pm1.key", "/dev/zero"),
+        "vitalwire trust --store trust.vw add /dev/zero --device-id X".into(),
+    ] {
+        let (code, err) = run_bounded(&sb.dir, &line, Duration::from_secs(15));
+        assert!(
+            code == Some(1) && err.contains("/dev/zero: malformed key file (larger than any key file"),
+            "{line}: {code:?} {err}"
+        );
+    }
     assert_eq!(std::fs::read(sb.store()).unwrap(), store_before, "a refused command changed the store");
     assert!(!sb.path("new.vw").exists(), "a refused `trust add` created a store");
 }
