@@ -20,6 +20,10 @@ cargo fmt --all -- --check
 step "no_std build of the core, linted (cargo clippy -p vitalwire --no-default-features)"
 cargo clippy -p vitalwire --no-default-features -- -D warnings
 
+step "the core's other feature sets send the same bytes (tests/promises.rs on no_std and on std without aws-lc)"
+cargo test -p vitalwire --no-default-features --test promises
+cargo test -p vitalwire --no-default-features --features std --test promises
+
 step "lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 

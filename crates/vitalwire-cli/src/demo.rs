@@ -222,7 +222,11 @@ fn record(
             other => format!("{other:?}"),
         };
         alerts.entry(device).or_default().push(what);
-    } else if !quiet {
+    } else if !quiet
+        || matches!(e.kind, EventKind::SessionEstablished { .. } | EventKind::SessionClosed { .. })
+    {
+        // `--quiet` still shows connections and session ends (and everything at warning or
+        // above, above); it leaves out the frames and the other informational events.
         println!("[event] {}", e.to_json_line());
     }
 }

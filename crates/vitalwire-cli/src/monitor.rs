@@ -102,4 +102,25 @@ mod tests {
         assert_eq!(frames[1].1.len(), WAVEFORM_SAMPLES * 2);
         assert!(describe(CH_WAVEFORM, &frames[1].1).contains("64 samples"));
     }
+
+    /// The help's "heart rate, SpO2, blood pressure, ECG-like waveform, alarms": every tick has
+    /// all three numerics, and an alarm comes at least every 25 ticks whatever the seed.
+    #[test]
+    fn every_vital_is_sent_and_alarms_come_at_least_every_25_ticks() {
+        for seed in [1, 7, 0x9E37_79B9, u32::MAX] {
+            let mut m = PatientMonitor::new(seed);
+            let mut since_alarm = 0;
+            for tick in 0..200 {
+                let frames = m.tick(tick);
+                let numerics = String::from_utf8(frames[0].1.clone()).unwrap();
+                let fields: Vec<&str> = numerics.split(';').map(|f| f.split('=').next().unwrap()).collect();
+                assert_eq!(fields, ["HR", "SpO2", "NIBP"], "{numerics}");
+                since_alarm += 1;
+                if frames.iter().any(|(ch, p)| *ch == CH_ALARMS && !p.is_empty()) {
+                    since_alarm = 0;
+                }
+                assert!(since_alarm < 25, "seed {seed}: no alarm for 25 ticks");
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //! `check` is the first 4 bytes of SHA-256 over the header line, a newline and the 32 key
 //! bytes, so a typo, a truncated copy or a public key passed off as a private one is caught.
 //! Private key files are written with mode 0600, and loading one that the group or others can
-//! read is refused.
+//! read is refused. At most [`MAX_KEY_FILE_LEN`] bytes are read: a longer file is refused.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -207,17 +207,57 @@ pub fn read_private_key(path: &Path) -> Result<Keypair, KeyFileError> {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
+            // A public key file given where the private one belongs (`--key host.key.pub`) is
+            // that mistake, not a permission problem: `chmod 600` would not help.
+            if is_public_key_file(path) {
+                return Err(KeyFileError::WrongKind { path: path.to_path_buf(), expected: "private" });
+            }
             return Err(KeyFileError::InsecurePermissions { path: path.to_path_buf(), mode });
         }
     }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
+    let text = read_text(path)?;
     Ok(Keypair::from_private(private_key_from_text(path, &text)?))
+}
+
+/// The most a key file may hold (the key, its checksum and comment lines), checked while
+/// reading: a wrong path (`/dev/zero`, a disk image) is refused, not read to its end.
+pub const MAX_KEY_FILE_LEN: usize = 64 * 1024;
+
+/// A key file's text, read into one buffer that is zeroized when dropped.
+fn read_text(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
+    use std::io::Read;
+    let io_err = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let malformed = |reason| KeyFileError::Malformed { path: path.to_path_buf(), reason };
+    let file = fs::File::open(path).map_err(io_err)?;
+    // Reserved up front, so reading never moves (and leaves behind) part of a private key.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN + 1));
+    file.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut bytes).map_err(io_err)?;
+    if bytes.len() > MAX_KEY_FILE_LEN {
+        return Err(malformed("larger than any key file (64 KiB)"));
+    }
+    match String::from_utf8(core::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            Err(malformed("not UTF-8 text"))
+        }
+    }
+}
+
+/// Whether `path` starts like a public key file. Reads only the first line, so the content of
+/// an exposed private key file is not loaded.
+#[cfg(unix)]
+fn is_public_key_file(path: &Path) -> bool {
+    use std::io::{BufRead, BufReader, Read};
+    let Ok(file) = fs::File::open(path) else { return false };
+    let mut first = Zeroizing::new(String::new());
+    let read = BufReader::new(file).take(PUBLIC_HEADER.len() as u64 + 2).read_line(&mut first);
+    read.is_ok() && first.trim_end() == PUBLIC_HEADER
 }
 
 /// Reads a public key file (a private key file also yields its public key).
 pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
-    let text =
-        fs::read_to_string(path).map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })?;
+    let text = read_text(path)?;
     if text.trim_start().starts_with(PRIVATE_HEADER) {
         return Ok(*read_private_key(path)?.public());
     }
@@ -240,6 +280,71 @@ mod tests {
         let signed =
             alloc::format!("vitalwire public key v1\nx25519 +a{}\ncheck 00000000\n", "ab".repeat(31));
         assert!(matches!(public_key_from_text(Path::new("k"), &signed), Err(KeyFileError::Malformed { .. })));
+    }
+
+    /// `--key host.key.pub` (a public key file, mode 0644) is reported as the wrong kind of
+    /// file, not as a private key to `chmod 600`; an exposed private key still is.
+    #[cfg(unix)]
+    #[test]
+    fn a_public_key_given_as_the_private_one_is_the_wrong_kind_not_a_permission_problem() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(alloc::format!("vitalwire-keyfile-kind-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let kp = Keypair::from_private(PrivateKey::from_bytes([7; 32]));
+        let (private, public) = (dir.join("k"), dir.join("k.pub"));
+        write_private_key(&private, kp.private(), "").unwrap();
+        write_public_key(&public, kp.public(), "").unwrap();
+        fs::set_permissions(&public, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_private_key(&public).unwrap_err();
+        assert!(matches!(err, KeyFileError::WrongKind { expected: "private", .. }), "{err}");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_private_key(&private).unwrap_err();
+        assert!(matches!(err, KeyFileError::InsecurePermissions { mode: 0o640, .. }), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A path that is not a key file (`/dev/zero`, a large file) is refused after at most
+    /// [`MAX_KEY_FILE_LEN`] bytes, even one that would parse (a valid key after many comments).
+    #[test]
+    fn files_larger_than_a_key_file_or_not_text_are_refused_without_reading_them_all() {
+        let dir = std::env::temp_dir().join(alloc::format!("vitalwire-keyfile-size-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let kp = Keypair::from_private(PrivateKey::from_bytes([5; 32]));
+        let big = dir.join("big.pub");
+        let comment = "x".repeat(100).repeat(MAX_KEY_FILE_LEN / 100 + 1);
+        fs::write(
+            &big,
+            public_key_to_text(
+                kp.public(),
+                &comment
+                    .as_bytes()
+                    .chunks(100)
+                    .map(|c| alloc::format!("{}\n", core::str::from_utf8(c).unwrap()))
+                    .collect::<String>(),
+            ),
+        )
+        .unwrap();
+        let err = read_public_key(&big).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::Malformed { reason: "larger than any key file (64 KiB)", .. }),
+            "{err}"
+        );
+        let binary = dir.join("binary.pub");
+        fs::write(&binary, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+        let err = read_public_key(&binary).unwrap_err();
+        assert!(matches!(err, KeyFileError::Malformed { reason: "not UTF-8 text", .. }), "{err}");
+        #[cfg(unix)]
+        {
+            let err = read_public_key(Path::new("/dev/zero")).unwrap_err();
+            assert!(matches!(err, KeyFileError::Malformed { .. }), "{err}");
+        }
+        // A normal file still reads.
+        let ok = dir.join("ok.pub");
+        write_public_key(&ok, kp.public(), "PM-5").unwrap();
+        assert_eq!(read_public_key(&ok).unwrap(), *kp.public());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
