@@ -71,6 +71,46 @@ pub struct HostConfig {
     pub write_timeout: Duration,
     /// UDP: half-open handshakes above which HELLOs must carry a cookie (default 64).
     pub cookie_threshold: usize,
+    /// Called for each pairing session on TCP/streams (spec §12.4) with the code to show the
+    /// operator; the session stays open until the request is decided (default: none, and
+    /// pairing sessions wait for the device to close them).
+    pub pairing: Option<PairingHook>,
+}
+
+/// Receives the pairing requests of a [`Host`] ([`HostConfig::pairing`]).
+pub type PairingHook = Arc<dyn Fn(PairingRequest) + Send + Sync>;
+
+/// A pairing session waiting for the host operator's decision. Show [`PairingRequest::code`]
+/// with the device id and fingerprint; when the operator confirms that the device shows the
+/// same code, add [`PairingRequest::key`] to the trust store and call
+/// [`PairingRequest::decide`] with `true`: the session ends with CLOSE `NORMAL`, which tells
+/// the device it was admitted. `false`, or dropping the request, ends it with CLOSE
+/// `UNAUTHORIZED`.
+#[derive(Debug)]
+pub struct PairingRequest {
+    /// The host's number for the session.
+    pub session: u64,
+    /// The device id the device presented.
+    pub device_id: String,
+    /// The device key's fingerprint.
+    pub peer: Fingerprint,
+    /// The device's static key.
+    pub key: vitalwire::PublicKey,
+    /// The code both ends show.
+    pub code: vitalwire::PairingCode,
+    decision: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl PairingRequest {
+    /// Ends the pairing session: `true` admitted (CLOSE `NORMAL`), `false` refused.
+    pub fn decide(self, admitted: bool) {
+        let _ = self.decision.send(admitted);
+    }
+
+    /// Whether the pairing session is still open (the device has not gone away).
+    pub fn is_open(&self) -> bool {
+        !self.decision.is_closed()
+    }
 }
 
 impl HostConfig {
@@ -89,6 +129,7 @@ impl HostConfig {
             event_buffer: 4096,
             write_timeout: Duration::from_secs(10),
             cookie_threshold: 64,
+            pairing: None,
         }
     }
 }
@@ -423,6 +464,13 @@ where
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Timestamp> = None;
+    let mut pairing = None;
+    if let (Some(hook), Some(code)) = (&shared.config.pairing, session.pairing_code()) {
+        let (decision, rx) = tokio::sync::oneshot::channel();
+        let key = *session.remote_static();
+        hook(PairingRequest { session: id, device_id: device_id.clone(), peer, key, code, decision });
+        pairing = Some(rx);
+    }
     loop {
         let deadline = session.poll_timeout();
         if deadline != armed {
@@ -444,6 +492,11 @@ where
                 if let Some(policy) = &shared.config.trust {
                     done = session.recheck(policy.as_ref()).is_err();
                 }
+            }
+            admitted = async { pairing.as_mut().expect("guarded").await.unwrap_or(false) }, if pairing.is_some() => {
+                pairing = None;
+                let code = if admitted { CloseCode::NORMAL } else { CloseCode::UNAUTHORIZED };
+                let _ = session.close(code, &mut out);
             }
             _ = &mut timer => {
                 armed = None;
