@@ -47,6 +47,12 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
     config.handshake_burst = opts.handshake_burst;
     config.handshake_rate = opts.handshake_rate;
     config.max_half_open = opts.max_half_open;
+    if opts.pairing {
+        // Pairing requests are shown on stderr and confirmed on stdin (crate::pairing).
+        let (hook, prompt) = crate::pairing::host_prompt(store.clone());
+        config.pairing = Some(hook);
+        tokio::spawn(prompt);
+    }
     let (host, mut telemetry, mut events) = Host::new(config);
     if let Some(addr) = opts.tcp {
         let listener =

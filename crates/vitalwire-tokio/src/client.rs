@@ -415,7 +415,7 @@ async fn connect_and_serve(
             _ = close_requested(close) => {
                 // Seal what the application already queued, then CLOSE.
                 while let Ok((ch, payload)) = commands.try_recv() {
-                    if session.seal_message(ch, &payload, &mut out).is_err() {
+                    if session.seal_message(ch, &payload, &mut out).is_err_and(|e| e.is_fatal()) {
                         break;
                     }
                 }
