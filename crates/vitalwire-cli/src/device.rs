@@ -14,9 +14,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use vitalwire::datagram::DatagramConfig;
 use vitalwire::keyfile;
-use vitalwire::{CipherSuite, DeviceIdentity, InitiatorConfig, Keypair, Profile, PublicKey};
+use vitalwire::{
+    CipherSuite, CloseCode, DeviceIdentity, Error, HandshakeError, InitiatorConfig, Keypair, Profile,
+    PublicKey,
+};
 use vitalwire_tokio::udp::UdpDevice;
-use vitalwire_tokio::{ClientConfig, ClientEvent, DeviceClient, PairingOutcome, PairingSession};
+use vitalwire_tokio::{client, ClientConfig, ClientEvent, DeviceClient, PairingOutcome, PairingSession};
 
 use crate::monitor::PatientMonitor;
 use crate::pairing;
@@ -146,30 +149,16 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
     let seed =
         opts.id.bytes().fold(0x9E37_79B9u32, |a, b| (a ^ b as u32).wrapping_mul(0x0100_0193).rotate_left(13));
     let mut monitor = PatientMonitor::new(seed);
-    let mut tick = 0u32;
     if opts.udp {
-        let udp = async {
-            let mut dev =
-                UdpDevice::connect(opts.connect, make(), DatagramConfig::default(), Duration::from_secs(15))
-                    .await
-                    .map_err(|e| format!("cannot establish a session: {e}"))?;
-            eprintln!("vitalwire device {}: session up (UDP)", opts.id);
-            loop {
-                for (channel, payload) in monitor.tick(tick) {
-                    dev.send(channel, &payload).await.map_err(|e| e.to_string())?;
-                }
-                tick += 1;
-                dev.run_for(period).await.map_err(|e| e.to_string())?;
-            }
-        };
         return tokio::select! {
-            r = udp => r,
+            r = run_udp(&opts, &make, &mut monitor, period) => r,
             _ = &mut stop => Ok(()),
         };
     }
     let mut config = ClientConfig::new(opts.connect.to_string(), make);
     config.max_attempts = opts.max_attempts;
-    let mut client = DeviceClient::start(config);
+    let mut device = DeviceClient::start(config);
+    let mut tick = 0u32;
     let mut interval = tokio::time::interval(period);
     let result = 'run: loop {
         tokio::select! {
@@ -178,13 +167,13 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
                 for (channel, payload) in monitor.tick(tick) {
                     // The queue may be full while the host is away: the deadline still holds.
                     tokio::select! {
-                        r = client.send(channel, payload) => if let Err(e) = r { break 'run Err(e.to_string()) },
+                        r = device.send(channel, payload) => if let Err(e) = r { break 'run Err(e.to_string()) },
                         _ = &mut stop => break 'run Ok(()),
                     }
                 }
                 tick += 1;
             }
-            event = client.next_event() => match event {
+            event = device.next_event() => match event {
                 Some(ClientEvent::Connected { attempt }) => eprintln!("vitalwire device {}: session up (attempt {attempt})", opts.id),
                 Some(ClientEvent::Disconnected { reason, retry_in }) => {
                     eprintln!("vitalwire device {}: disconnected ({reason}); retrying in {retry_in:.1?}", opts.id)
@@ -200,8 +189,73 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
             }
         }
     };
-    client.close().await;
+    device.close().await;
     result
+}
+
+/// The UDP device, under the same rules as the TCP client (spec §4.4, "Refusals at the
+/// device"): every failure, REJECTs included, is retried with capped jittered backoff; only an
+/// authenticated CLOSE UNAUTHORIZED or `--max-attempts` stops it.
+async fn run_udp(
+    opts: &DeviceOptions,
+    make: &(impl Fn() -> InitiatorConfig + Send + Sync),
+    monitor: &mut PatientMonitor,
+    period: Duration,
+) -> Result<(), String> {
+    let (initial, max) = (Duration::from_millis(200), Duration::from_secs(30));
+    let mut failures = 0u32;
+    let mut tick = 0u32;
+    loop {
+        let why = match UdpDevice::connect(
+            opts.connect,
+            make(),
+            DatagramConfig::default(),
+            Duration::from_secs(15),
+        )
+        .await
+        {
+            Ok(mut dev) => {
+                failures = 0;
+                eprintln!("vitalwire device {}: session up (UDP)", opts.id);
+                let e = 'session: loop {
+                    for (channel, payload) in monitor.tick(tick) {
+                        if let Err(e) = dev.send(channel, &payload).await {
+                            if e.is_fatal() {
+                                break 'session e;
+                            }
+                        }
+                    }
+                    tick += 1;
+                    if let Err(e) = dev.run_for(period).await {
+                        break e;
+                    }
+                };
+                if e == Error::ClosedByPeer(CloseCode::UNAUTHORIZED) {
+                    return Err(format!(
+                        "refused by host: {} (authenticated CLOSE)",
+                        CloseCode::UNAUTHORIZED
+                    ));
+                }
+                format!("disconnected ({e})")
+            }
+            Err(Error::Handshake(HandshakeError::Rejected(reason))) => {
+                failures += 1;
+                format!("refused by host ({reason}; a REJECT is unauthenticated)")
+            }
+            Err(e) => {
+                failures += 1;
+                format!("cannot establish a session ({e})")
+            }
+        };
+        if opts.max_attempts.is_some_and(|m| failures >= m) {
+            return Err(format!("giving up after {failures} failed attempts: {why}"));
+        }
+        let mut r = [0u8; 4];
+        let _ = vitalwire::EntropySource::fill(&mut vitalwire::OsEntropy, &mut r);
+        let retry_in = client::backoff(failures.saturating_sub(1), initial, max, u32::from_be_bytes(r));
+        eprintln!("vitalwire device {}: {why}; retrying in {retry_in:.1?}", opts.id);
+        tokio::time::sleep(retry_in).await;
+    }
 }
 
 /// Runs a pairing session and returns the host's key once both operators confirmed.

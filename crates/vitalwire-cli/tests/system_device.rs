@@ -11,9 +11,9 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -74,6 +74,45 @@ fn rejecting_proxy(real: SocketAddr, rejects: usize) -> (SocketAddr, Arc<AtomicU
                 let _ = std::io::copy(&mut c, &mut d);
                 let _ = d.shutdown(std::net::Shutdown::Write);
             });
+        }
+    });
+    (addr, sent)
+}
+
+/// The UDP counterpart of [`rejecting_proxy`]: answers the first `rejects` HELLO packets with a
+/// forged REJECT RESPONSE (§13.1: `0x22 | 0 | receiver_index | 03 01 04`) and relays every other
+/// packet between the device (its latest address) and `real`.
+fn rejecting_udp_proxy(real: SocketAddr, rejects: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = front.local_addr().unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(real).unwrap();
+    let device: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (count, dev, f, b) =
+        (sent.clone(), device.clone(), front.try_clone().unwrap(), back.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf) {
+            let p = &buf[..n];
+            if p.first() == Some(&0x21) && n >= 5 && count.load(Ordering::SeqCst) < rejects {
+                let mut reject = vec![0x22, 0, 0, 0, 0];
+                reject.extend_from_slice(&p[1..5]);
+                reject.extend_from_slice(&[0x03, 0x01, 0x04]);
+                let _ = f.send_to(&reject, from);
+                count.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            *dev.lock().unwrap() = Some(from);
+            let _ = b.send(p);
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf) {
+            if let Some(to) = *device.lock().unwrap() {
+                let _ = front.send_to(&buf[..n], to);
+            }
         }
     });
     (addr, sent)
@@ -211,6 +250,25 @@ fn an_injected_reject_does_not_stop_the_device() {
     assert!(err.contains("session up (attempt 3)"), "{err}");
     // Each refusal is also a security event line on the device.
     assert_eq!(err.matches("\"event\":\"handshake_failed\"").count(), 2, "{err}");
+}
+
+#[test]
+fn an_injected_reject_does_not_stop_a_udp_device() {
+    let sb = Sandbox::new("dev-reject-udp");
+    sb.keygen("host");
+    sb.keygen("pm");
+    sb.trust_add("pm", "PM-8");
+    let host = HostProc::start(&sb, HostArgs { tcp: false, udp: true, ..HostArgs::default() });
+    let (proxy, rejects) = rejecting_udp_proxy(host.udp.unwrap(), 2);
+    let dev = start_device(&sb, &DeviceArgs { udp: true, ..DeviceArgs::new("pm", "PM-8", proxy) });
+    let streamed = wait_until(Duration::from_secs(30), || {
+        host.telemetry().iter().filter(|t| t["device_id"] == "PM-8").count() >= 10
+    });
+    assert!(streamed.is_some(), "host: {}\ndevice: {}", host.proc.stderr(), dev.stderr());
+    assert_eq!(rejects.load(Ordering::SeqCst), 2);
+    let err = dev.stderr();
+    assert_eq!(err.matches("refused by host (unknown credential").count(), 2, "{err}");
+    assert!(err.contains("session up (UDP)"), "{err}");
 }
 
 /// A trust store (TOFU off) that admits another device, not `pm`.
