@@ -5,7 +5,8 @@
 //! configuration that can never work exits at once with a clear message instead of retrying.
 //! `--seconds` bounds the process's life whatever the link does: the device stops at the
 //! deadline, connected or not (closing an open session takes at most
-//! [`vitalwire_tokio::client::CLOSE_GRACE`] more).
+//! [`vitalwire_tokio::client::CLOSE_GRACE`] more), and exits non-zero if no session came up
+//! in that time, with the last failure.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,7 +123,7 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
         _ => {
             let paired = tokio::select! {
                 r = pair(&opts, &keys, &identity, known_host_key) => r?,
-                _ = &mut stop => return Ok(()),
+                _ = &mut stop => return Err("--seconds passed before the pairing completed: not paired".into()),
             };
             if learn_host_key {
                 keyfile::write_public_key(&opts.host_key, &paired, "host (learned by pairing)")
@@ -149,11 +150,13 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
     let seed =
         opts.id.bytes().fold(0x9E37_79B9u32, |a, b| (a ^ b as u32).wrapping_mul(0x0100_0193).rotate_left(13));
     let mut monitor = PatientMonitor::new(seed);
+    let mut progress = Progress::default();
     if opts.udp {
-        return tokio::select! {
-            r = run_udp(&opts, &make, &mut monitor, period) => r,
-            _ = &mut stop => Ok(()),
+        let r = tokio::select! {
+            r = run_udp(&opts, &make, &mut monitor, period, &mut progress) => Some(r),
+            _ = &mut stop => None,
         };
+        return r.unwrap_or_else(|| progress.at_deadline());
     }
     let mut config = ClientConfig::new(opts.connect.to_string(), make);
     config.max_attempts = opts.max_attempts;
@@ -162,26 +165,31 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
     let mut interval = tokio::time::interval(period);
     let result = 'run: loop {
         tokio::select! {
-            _ = &mut stop => break Ok(()),
+            _ = &mut stop => break progress.at_deadline(),
             _ = interval.tick() => {
                 for (channel, payload) in monitor.tick(tick) {
                     // The queue may be full while the host is away: the deadline still holds.
                     tokio::select! {
                         r = device.send(channel, payload) => if let Err(e) = r { break 'run Err(e.to_string()) },
-                        _ = &mut stop => break 'run Ok(()),
+                        _ = &mut stop => break 'run progress.at_deadline(),
                     }
                 }
                 tick += 1;
             }
             event = device.next_event() => match event {
-                Some(ClientEvent::Connected { attempt }) => eprintln!("vitalwire device {}: session up (attempt {attempt})", opts.id),
-                Some(ClientEvent::Disconnected { reason, retry_in }) => {
-                    eprintln!("vitalwire device {}: disconnected ({reason}); retrying in {retry_in:.1?}", opts.id)
+                Some(ClientEvent::Connected { attempt }) => {
+                    progress.up = true;
+                    eprintln!("vitalwire device {}: session up (attempt {attempt})", opts.id)
                 }
-                Some(ClientEvent::Refused { reason, retry_in }) => eprintln!(
-                    "vitalwire device {}: refused by host ({reason}; a REJECT is unauthenticated); retrying in {retry_in:.1?}",
-                    opts.id
-                ),
+                Some(ClientEvent::Disconnected { reason, retry_in }) => {
+                    eprintln!("vitalwire device {}: disconnected ({reason}); retrying in {retry_in:.1?}", opts.id);
+                    progress.last = Some(reason);
+                }
+                Some(ClientEvent::Refused { reason, retry_in }) => {
+                    let reason = format!("refused by host ({reason}; a REJECT is unauthenticated)");
+                    eprintln!("vitalwire device {}: {reason}; retrying in {retry_in:.1?}", opts.id);
+                    progress.last = Some(reason);
+                }
                 Some(ClientEvent::Stopped { reason }) => break Err(reason),
                 Some(ClientEvent::Security(e)) => eprintln!("{}", e.to_json_line()),
                 Some(_) => {}
@@ -189,8 +197,33 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
             }
         }
     };
-    device.close().await;
+    let closed = device.close().await;
+    if closed != "closed" {
+        eprintln!("vitalwire device {}: {closed}", opts.id);
+    }
     result
+}
+
+/// What a run achieved, for its exit status at `--seconds`.
+#[derive(Default)]
+struct Progress {
+    /// A session came up at some point.
+    up: bool,
+    /// The last failure.
+    last: Option<String>,
+}
+
+impl Progress {
+    /// `--seconds` passed: a success if a session ever came up, else the last failure.
+    fn at_deadline(&self) -> Result<(), String> {
+        match (self.up, &self.last) {
+            (true, _) => Ok(()),
+            (false, Some(last)) => Err(format!("no session before --seconds passed (last attempt: {last})")),
+            (false, None) => {
+                Err("no session before --seconds passed (the first attempt had not finished)".into())
+            }
+        }
+    }
 }
 
 /// The UDP device, under the same rules as the TCP client (spec §4.4, "Refusals at the
@@ -201,6 +234,7 @@ async fn run_udp(
     make: &(impl Fn() -> InitiatorConfig + Send + Sync),
     monitor: &mut PatientMonitor,
     period: Duration,
+    progress: &mut Progress,
 ) -> Result<(), String> {
     let (initial, max) = (Duration::from_millis(200), Duration::from_secs(30));
     let mut failures = 0u32;
@@ -216,6 +250,7 @@ async fn run_udp(
         {
             Ok(mut dev) => {
                 failures = 0;
+                progress.up = true;
                 eprintln!("vitalwire device {}: session up (UDP)", opts.id);
                 let e = 'session: loop {
                     for (channel, payload) in monitor.tick(tick) {
@@ -254,6 +289,7 @@ async fn run_udp(
         let _ = vitalwire::EntropySource::fill(&mut vitalwire::OsEntropy, &mut r);
         let retry_in = client::backoff(failures.saturating_sub(1), initial, max, u32::from_be_bytes(r));
         eprintln!("vitalwire device {}: {why}; retrying in {retry_in:.1?}", opts.id);
+        progress.last = Some(why);
         tokio::time::sleep(retry_in).await;
     }
 }
@@ -272,6 +308,10 @@ async fn pair(
     let session = PairingSession::start(&opts.connect.to_string(), config, Duration::from_secs(15))
         .await
         .map_err(|e| format!("pairing failed: {e}"))?;
+    let mut session = session;
+    for e in session.take_events() {
+        eprintln!("{}", e.to_json_line());
+    }
     let (code, host_key) = (session.code(), session.host_key());
     eprintln!("vitalwire device {}: PAIRING CODE {code} (host key {})", opts.id, host_key.fingerprint());
     eprintln!(

@@ -121,7 +121,7 @@ enum Command {
         #[arg(long, default_value_t = 4.0)]
         rate: f64,
         /// Stop this many seconds after start, whatever the link does (default: run until
-        /// killed).
+        /// killed); exits non-zero if no session came up in that time.
         #[arg(long)]
         seconds: Option<u64>,
         /// Give up after this many failed connection attempts in a row (default: never).

@@ -223,7 +223,13 @@ fn seconds_bounds_the_life_of_a_device_whose_host_is_unreachable_or_a_black_hole
             let status = status
                 .unwrap_or_else(|| panic!("{what} (udp {udp}): still running after 15 s: {}", p.stderr()));
             eprintln!("{what} (udp {udp}): --seconds 2 exited after {took:?} with {status}");
-            assert!(status.success(), "{what} (udp {udp}): {status}: {}", p.stderr());
+            // No session came up: a failure, and the device says what it last saw.
+            assert!(!status.success(), "{what} (udp {udp}): {status}: {}", p.stderr());
+            assert!(
+                p.wait_stderr("no session before --seconds passed", Duration::from_secs(2)),
+                "{what} (udp {udp}): {}",
+                p.stderr()
+            );
             assert!(took >= Duration::from_millis(1900), "{what} (udp {udp}): stopped early, {took:?}");
             // The promise: 2 s; slack for process start-up on a loaded machine.
             assert!(took <= Duration::from_millis(4500), "{what} (udp {udp}): {took:?}: {}", p.stderr());

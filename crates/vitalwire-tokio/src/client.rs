@@ -173,20 +173,39 @@ impl DeviceClient {
         self.events.recv().await
     }
 
-    /// Stops the client, within a bound. With a session up it sends what is queued, closes
-    /// the session with CLOSE `NORMAL` and waits up to [`CLOSE_GRACE`] for the host's CLOSE;
-    /// while disconnected (connecting, handshaking or backing off) it stops at once and the
-    /// queued messages are dropped (the `Stopped` event says how many). Never blocks on a
-    /// full queue or an unreachable host.
-    pub async fn close(self) {
-        let DeviceClient { commands, close, events, mut task } = self;
+    /// Stops the client, within a bound, and returns why it stopped. With a session up it
+    /// sends what is queued, closes the session with CLOSE `NORMAL` and waits up to
+    /// [`CLOSE_GRACE`] for the host's CLOSE (`"closed"`); while disconnected (connecting,
+    /// handshaking or backing off) it stops at once and the queued messages are dropped (the
+    /// reason says how many). Never blocks on a full queue or an unreachable host.
+    pub async fn close(self) -> String {
+        let DeviceClient { commands, close, mut events, mut task } = self;
         let _ = close.send(true);
-        // Nobody reads events any more: the task's sends then fail at once instead of waiting.
-        drop(events);
-        if timeout(CLOSE_GRACE + Duration::from_secs(1), &mut task).await.is_err() {
+        let mut reason = None;
+        // Drain events meanwhile, so the task never waits to hand one over.
+        let finished = timeout(CLOSE_GRACE + Duration::from_secs(1), async {
+            loop {
+                tokio::select! {
+                    _ = &mut task => return,
+                    e = events.recv() => match e {
+                        Some(ClientEvent::Stopped { reason: r }) => reason = Some(r),
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
+            }
+        })
+        .await;
+        if finished.is_err() {
             task.abort();
         }
+        while let Ok(e) = events.try_recv() {
+            if let ClientEvent::Stopped { reason: r } = e {
+                reason = Some(r);
+            }
+        }
         drop(commands);
+        reason.unwrap_or_else(|| "closed".into())
     }
 }
 

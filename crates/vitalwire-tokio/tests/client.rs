@@ -235,8 +235,10 @@ async fn close_is_prompt_while_the_host_is_a_black_hole_or_unreachable() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let start = Instant::now();
-        dev.close().await;
+        let reason = dev.close().await;
         let took = start.elapsed();
+        // The four queued messages could not be sent, and close says so.
+        assert!(reason.contains("4 queued messages not sent"), "{addr}: {reason}");
         // The promise: at most CLOSE_GRACE (+1 s of slack built into close itself).
         assert!(took <= client::CLOSE_GRACE + Duration::from_secs(1), "{addr}: close took {took:?}");
     }
