@@ -331,5 +331,17 @@ async fn a_refused_or_unconfirmed_pairing_stores_nothing() {
     .await;
     assert!(gone.is_ok(), "the host kept the pairing session after the device refused");
     assert!(trust.snapshot().is_empty());
+    // The host operator confirms first; the device operator, later, says the codes differ:
+    // the device is not paired, and learns that the host admitted it (to be revoked there).
+    let pairing = PairingSession::start(&addr.to_string(), xx(), Duration::from_secs(10)).await.unwrap();
+    let request = timeout(Duration::from_secs(10), requests.recv()).await.unwrap().unwrap();
+    request.decide(true);
+    // (Generous: the host's CLOSE needs one loopback round trip to arrive first.)
+    let later = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        false
+    };
+    let outcome = pairing.confirm(later).await.unwrap();
+    assert_eq!(outcome, PairingOutcome::NotConfirmed { host_admitted: true });
     host.shutdown().await;
 }
