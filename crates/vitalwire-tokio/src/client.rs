@@ -67,6 +67,10 @@ pub struct ClientConfig {
     /// Give up after this many failed connection attempts in a row, REJECTs included
     /// (default: never). A session that came up resets the count.
     pub max_attempts: Option<u32>,
+    /// Time the host gets to take what the client writes (default 10 s): a host that stops
+    /// reading (hung, paused, gone without a reset) is treated as a lost session, so the
+    /// client reconnects instead of waiting on a full socket forever.
+    pub write_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -84,6 +88,7 @@ impl ClientConfig {
             timers: TimerConfig::default(),
             queue: 1024,
             max_attempts: None,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -149,6 +154,9 @@ fn random_u32() -> u32 {
     let _ = vitalwire::EntropySource::fill(&mut vitalwire::OsEntropy, &mut b);
     u32::from_be_bytes(b)
 }
+
+/// The default [`ClientConfig::write_timeout`] (also used by [`PairingSession`]).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`DeviceClient::close`] lets a session flush and exchange CLOSE frames.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -443,7 +451,7 @@ async fn connect_and_serve(
             _ = async { match deadline { Some(d) => sleep_until(d).await, None => std::future::pending().await } } => {
                 if let Err(e) = session.handle_timeout(clock::monotonic()) {
                     session.poll_transmit(&mut out);
-                    let _ = framed.send(out.split().freeze()).await;
+                    let _ = timeout(config.write_timeout, framed.send(out.split().freeze())).await;
                     return lost(&session, e.to_string());
                 }
             }
@@ -454,13 +462,13 @@ async fn connect_and_serve(
                     }
                     Ok(Incoming::Closed(code)) => {
                         session.poll_transmit(&mut out);
-                        let _ = framed.send(out.split().freeze()).await;
+                        let _ = timeout(config.write_timeout, framed.send(out.split().freeze())).await;
                         return Outcome::SessionEnded { code: Some(code), reason: format!("closed by host: {code}") };
                     }
                     Ok(_) => {}
                     Err(e) if e.is_fatal() => {
                         session.poll_transmit(&mut out);
-                        let _ = framed.send(out.split().freeze()).await;
+                        let _ = timeout(config.write_timeout, framed.send(out.split().freeze())).await;
                         return lost(&session, e.to_string());
                     }
                     Err(_) => {}
@@ -494,8 +502,18 @@ async fn connect_and_serve(
             .await;
             return Outcome::Closed { dropped: 0 };
         }
-        if !out.is_empty() && framed.send(out.split().freeze()).await.is_err() {
-            return lost(&session, "write failed".into());
+        if !out.is_empty() {
+            match timeout(config.write_timeout, framed.send(out.split().freeze())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return lost(&session, format!("write failed: {e}")),
+                Err(_) => {
+                    let secs = config.write_timeout.as_secs_f64();
+                    return lost(
+                        &session,
+                        format!("write timed out after {secs:.1} s (the host is not reading)"),
+                    );
+                }
+            }
         }
     }
 }
@@ -649,8 +667,11 @@ impl PairingSession {
                 },
             }
             self.session.poll_transmit(&mut out);
-            if !out.is_empty() && self.framed.send(out.split().freeze()).await.is_err() && host.is_none() {
-                return Err("the link to the host failed during pairing".into());
+            if !out.is_empty() {
+                let sent = timeout(WRITE_TIMEOUT, self.framed.send(out.split().freeze())).await;
+                if !matches!(sent, Ok(Ok(()))) && host.is_none() {
+                    return Err("the link to the host failed during pairing".into());
+                }
             }
         }
     }

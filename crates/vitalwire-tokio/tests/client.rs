@@ -244,6 +244,74 @@ async fn close_is_prompt_while_the_host_is_a_black_hole_or_unreachable() {
     }
 }
 
+/// Forwards to `real`, but stops reading from the device once it has passed `budget` bytes
+/// on (a host that hangs with the connection open). Host-to-device bytes keep flowing.
+async fn stalling_proxy(real: SocketAddr, budget: usize) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(real).await else { continue };
+            let (mut din, mut dout) = inbound.into_split();
+            let (mut hin, mut hout) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut hin, &mut dout).await;
+            });
+            tokio::spawn(async move {
+                let mut passed = 0;
+                let mut buf = vec![0u8; 4096];
+                while passed < budget {
+                    let want = (budget - passed).min(buf.len());
+                    match din.read(&mut buf[..want]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            passed += n;
+                            if hout.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // Stop reading; keep both halves open.
+                std::future::pending::<()>().await;
+                drop((din, hout));
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_reading_is_a_lost_session_not_a_hang() {
+    let (host, real, _telemetry, _events) = start_host(store(&[7]), None).await;
+    let addr = stalling_proxy(real, 64 * 1024).await;
+    let mut c = ik_client(addr, 7, "PM-7".into());
+    c.write_timeout = Duration::from_secs(1);
+    c.queue = 100_000;
+    let mut dev = DeviceClient::start(c);
+    let seen =
+        events_until(&mut dev, Duration::from_secs(10), |e| matches!(e, ClientEvent::Connected { .. })).await;
+    assert!(matches!(seen.last(), Some(ClientEvent::Connected { .. })), "{seen:?}");
+    // Far more than the socket buffers hold (loopback autotunes to a few MiB).
+    let block = vec![0x5a; 32 * 1024];
+    for _ in 0..2_000 {
+        dev.send(2, block.clone()).await.unwrap();
+    }
+    let seen = events_until(&mut dev, Duration::from_secs(60), |e| {
+        matches!(e, ClientEvent::Disconnected { .. } | ClientEvent::Stopped { .. })
+    })
+    .await;
+    match seen.last() {
+        Some(ClientEvent::Disconnected { reason, .. }) => {
+            assert!(reason.contains("write timed out"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = dev.close().await;
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_never_deadline_does_not_panic_the_client() {
     let (host, addr, mut telemetry, _events) = start_host(store(&[4]), None).await;
