@@ -10,8 +10,11 @@
 //! - Its own configuration can never work: the handshake cannot even encode this device's
 //!   messages (an invalid device id, say). Retrying would fail the same way forever.
 //! - The host refuses it **authenticatedly**: a CLOSE `UNAUTHORIZED` inside a session whose
-//!   handshake completed (an XX device the host does not admit, a device revoked during its
-//!   session). Only the host's keys can produce that frame.
+//!   handshake completed and authenticated the host (IK, KK, XXpsk3, or XX with pinned host
+//!   keys: [`InitiatorConfig::authenticates_host`]): an XX device the host does not admit, a
+//!   device revoked during its session. Only the host's keys can produce that frame. (An
+//!   unpinned XX device cannot tell the host from anyone else, so for it that CLOSE is retried
+//!   like a REJECT.)
 //! - The configured bound [`ClientConfig::max_attempts`] is reached.
 //!
 //! A REJECT is not authenticated (anyone on the path can send its three bytes), so it never
@@ -231,10 +234,12 @@ enum Outcome {
     Refused(RejectReason),
     /// The attempt failed before a session was up (connect, timeout, handshake failure).
     Failed(String),
-    /// A session was up and ended; `code` is the host's authenticated CLOSE, if it sent one.
+    /// A session was up and ended; `code` is the host's CLOSE, if it sent one.
     SessionEnded {
         /// The host's close code.
         code: Option<CloseCode>,
+        /// Whether the handshake authenticated the host (so the CLOSE is the host's word).
+        host_authenticated: bool,
         /// Why, for people.
         reason: String,
     },
@@ -258,7 +263,9 @@ fn decide(outcome: &Outcome, failures: u32, config: &ClientConfig, random: u32) 
             return Step::Stop(format!("closed ({dropped} queued messages not sent: no session)"))
         }
         Outcome::Misconfigured(why) => return Step::Stop(format!("invalid configuration: {why}")),
-        Outcome::SessionEnded { code: Some(code), .. } if *code == CloseCode::UNAUTHORIZED => {
+        Outcome::SessionEnded { code: Some(code), host_authenticated: true, .. }
+            if *code == CloseCode::UNAUTHORIZED =>
+        {
             return Step::Stop(format!("refused by host: {code} (authenticated CLOSE)"))
         }
         _ => {}
@@ -393,9 +400,9 @@ async fn connect_and_serve(
     if *close.borrow() {
         return closed_now(commands, pending);
     }
-    let setup = timeout(config.handshake_timeout, async {
-        establish(&config.addr, (config.initiator)(), events).await
-    });
+    let initiator = (config.initiator)();
+    let host_authenticated = initiator.authenticates_host();
+    let setup = timeout(config.handshake_timeout, async { establish(&config.addr, initiator, events).await });
     let (mut framed, mut session) = tokio::select! {
         r = setup => match r {
             Err(_) => return Outcome::Failed("handshake timed out".into()),
@@ -413,7 +420,7 @@ async fn connect_and_serve(
             Some(Error::ClosedByPeer(code)) => Some(code),
             _ => None,
         };
-        Outcome::SessionEnded { code, reason }
+        Outcome::SessionEnded { code, host_authenticated, reason }
     };
     // A message taken from the queue before the last connection failed goes first.
     if let Some((ch, p)) = pending.take() {
@@ -463,7 +470,8 @@ async fn connect_and_serve(
                     Ok(Incoming::Closed(code)) => {
                         session.poll_transmit(&mut out);
                         let _ = timeout(config.write_timeout, framed.send(out.split().freeze())).await;
-                        return Outcome::SessionEnded { code: Some(code), reason: format!("closed by host: {code}") };
+                        let reason = format!("closed by host: {code}");
+                        return Outcome::SessionEnded { code: Some(code), host_authenticated, reason };
                     }
                     Ok(_) => {}
                     Err(e) if e.is_fatal() => {
@@ -722,7 +730,14 @@ mod tests {
     #[test]
     fn only_an_authenticated_unauthorized_close_or_a_local_error_stops_for_good() {
         let c = config();
-        let ended = |code| Outcome::SessionEnded { code, reason: "x".into() };
+        let ended = |code| Outcome::SessionEnded { code, host_authenticated: true, reason: "x".into() };
+        // From a host the handshake did not authenticate (unpinned XX), it is only a refusal.
+        let unproven = Outcome::SessionEnded {
+            code: Some(CloseCode::UNAUTHORIZED),
+            host_authenticated: false,
+            reason: "x".into(),
+        };
+        assert!(matches!(decide(&unproven, 0, &c, 0), Step::Retry(_)));
         assert!(
             matches!(decide(&ended(Some(CloseCode::UNAUTHORIZED)), 0, &c, 0), Step::Stop(r) if r.contains("authenticated"))
         );

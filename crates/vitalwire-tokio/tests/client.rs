@@ -190,6 +190,40 @@ async fn an_authenticated_unauthorized_close_stops_the_device_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_xx_device_keeps_trying_after_a_close_it_cannot_attribute() {
+    // Without pinned host keys, whoever answered could be anyone: its CLOSE UNAUTHORIZED is
+    // not the host's word, so the device retries (and gets in once it is admitted).
+    let trust = store(&[]);
+    let (host, addr, mut telemetry, _events) = start_host(trust.clone(), None).await;
+    let mut c = ClientConfig::new(addr.to_string(), move || {
+        InitiatorConfig::new(Profile::Xx, device_keys(8), DeviceIdentity::new("PM-8"))
+    });
+    c.initial_backoff = Duration::from_millis(20);
+    c.max_backoff = Duration::from_millis(200);
+    let mut dev = DeviceClient::start(c);
+    let seen = events_until(&mut dev, Duration::from_secs(20), |e| {
+        matches!(e, ClientEvent::Disconnected { .. } | ClientEvent::Stopped { .. })
+    })
+    .await;
+    match seen.last() {
+        Some(ClientEvent::Disconnected { reason, .. }) => {
+            assert!(reason.contains("unauthorized"), "{reason}")
+        }
+        other => panic!("{other:?} in {seen:?}"),
+    }
+    trust.add(*device_keys(8).public(), "PM-8", "").unwrap();
+    let seen = events_until(&mut dev, Duration::from_secs(20), |e| {
+        matches!(e, ClientEvent::Connected { .. } | ClientEvent::Stopped { .. })
+    })
+    .await;
+    assert!(matches!(seen.last(), Some(ClientEvent::Connected { .. })), "{seen:?}");
+    dev.send(1, "xx").await.unwrap();
+    assert_eq!(timeout(Duration::from_secs(10), telemetry.recv()).await.unwrap().unwrap().payload, "xx");
+    dev.close().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_that_can_never_work_stops_at_once() {
     let (host, addr, _telemetry, _events) = start_host(store(&[3]), None).await;
     for id in [String::new(), "X".repeat(65)] {
