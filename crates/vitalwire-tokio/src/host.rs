@@ -493,7 +493,13 @@ where
                     done = session.recheck(policy.as_ref()).is_err();
                 }
             }
-            admitted = async { pairing.as_mut().expect("guarded").await.unwrap_or(false) }, if pairing.is_some() => {
+            admitted = async {
+                match pairing.as_mut() {
+                    // A dropped request is a refusal.
+                    Some(decision) => decision.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            }, if pairing.is_some() => {
                 pairing = None;
                 let code = if admitted { CloseCode::NORMAL } else { CloseCode::UNAUTHORIZED };
                 let _ = session.close(code, &mut out);
