@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use vitalwire::datagram::DatagramConfig;
 use vitalwire::keyfile;
 use vitalwire::{
-    CipherSuite, CloseCode, DeviceIdentity, Error, HandshakeError, InitiatorConfig, Keypair, Profile,
-    PublicKey,
+    CipherSuite, CloseCode, DeviceIdentity, Error, HandshakeError, Incoming, InitiatorConfig, Keypair,
+    Profile, PublicKey,
 };
 use vitalwire_tokio::udp::UdpDevice;
 use vitalwire_tokio::{client, ClientConfig, ClientEvent, DeviceClient, PairingOutcome, PairingSession};
@@ -240,9 +240,11 @@ async fn run_udp(
     let mut failures = 0u32;
     let mut tick = 0u32;
     loop {
+        let config = make();
+        let host_authenticated = config.authenticates_host();
         let why = match UdpDevice::connect(
             opts.connect,
-            make(),
+            config,
             DatagramConfig::default(),
             Duration::from_secs(15),
         )
@@ -261,11 +263,21 @@ async fn run_udp(
                         }
                     }
                     tick += 1;
-                    if let Err(e) = dev.run_for(period).await {
-                        break e;
+                    match dev.run_for(period).await {
+                        Err(e) => break e,
+                        // The host's CLOSE ends the session; its code says whether to go on.
+                        Ok(incoming) => {
+                            let closed = incoming.iter().find_map(|i| match i {
+                                Incoming::Closed(code) => Some(*code),
+                                _ => None,
+                            });
+                            if let Some(code) = closed {
+                                break Error::ClosedByPeer(code);
+                            }
+                        }
                     }
                 };
-                if e == Error::ClosedByPeer(CloseCode::UNAUTHORIZED) {
+                if host_authenticated && e == Error::ClosedByPeer(CloseCode::UNAUTHORIZED) {
                     return Err(format!(
                         "refused by host: {} (authenticated CLOSE)",
                         CloseCode::UNAUTHORIZED
@@ -351,6 +363,64 @@ async fn pair(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use vitalwire::{PrivateKey, ResponderConfig, TrustList, TrustPolicy, TrustStore};
+    use vitalwire_tokio::{Host, HostConfig};
+
+    fn options(connect: SocketAddr) -> DeviceOptions {
+        DeviceOptions {
+            key: PathBuf::new(),
+            host_key: PathBuf::new(),
+            connect,
+            udp: true,
+            id: "PM-U".into(),
+            profile: Profile::Ik,
+            suite: CipherSuite::default(),
+            rate: 20.0,
+            duration: None,
+            max_attempts: None,
+            pair: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_udp_device_revoked_in_session_stops_on_the_authenticated_close() {
+        let host_keys = Keypair::from_private(PrivateKey::from_bytes([0x31; 32]));
+        let device_keys = Keypair::from_private(PrivateKey::from_bytes([0x32; 32]));
+        let mut list = TrustList::new();
+        list.add(*device_keys.public(), "PM-U", "", 0);
+        let store = Arc::new(TrustStore::in_memory(list));
+        let policy: Arc<dyn TrustPolicy> = store.clone();
+        let responder_keys = host_keys.clone();
+        let mut config =
+            HostConfig::new(move || ResponderConfig::new(responder_keys.clone(), policy.clone()));
+        config.trust = Some(store.clone());
+        let (host, mut telemetry, _events) = Host::new(config);
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let h = host.clone();
+        tokio::spawn(async move { vitalwire_tokio::udp::serve_udp(&h, socket).await });
+        let host_public = *host_keys.public();
+        let make = move || {
+            InitiatorConfig::new(Profile::Ik, device_keys.clone(), DeviceIdentity::new("PM-U"))
+                .host_key(host_public)
+        };
+        let opts = options(addr);
+        let device = tokio::spawn(async move {
+            let mut monitor = PatientMonitor::new(1);
+            let mut progress = Progress::default();
+            run_udp(&opts, &make, &mut monitor, Duration::from_millis(50), &mut progress).await
+        });
+        let first = tokio::time::timeout(Duration::from_secs(20), telemetry.recv()).await;
+        assert!(matches!(first, Ok(Some(_))), "no telemetry over UDP");
+        // Revoked while connected: the host closes the session with CLOSE UNAUTHORIZED.
+        store.revoke(&store.snapshot().entries().next().unwrap().key).unwrap();
+        host.trust_changed();
+        let ended = tokio::time::timeout(Duration::from_secs(20), device).await.expect("the device stopped");
+        let reason = ended.unwrap().unwrap_err();
+        assert!(reason.contains("refused by host: unauthorized (0x0005) (authenticated CLOSE)"), "{reason}");
+        host.shutdown().await;
+    }
 
     #[test]
     fn device_ids_follow_the_spec_and_stay_printable() {

@@ -277,6 +277,35 @@ fn an_injected_reject_does_not_stop_a_udp_device() {
     assert!(err.contains("session up (UDP)"), "{err}");
 }
 
+#[test]
+fn an_authenticated_refusal_stops_the_device_for_good() {
+    // An XX device the host does not admit: the handshake completes (the device pins the host
+    // key) and the host refuses with an encrypted CLOSE UNAUTHORIZED (spec §12.2). (Datagram
+    // hosts do not send that CLOSE for XX yet, so UDP is covered by device.rs's unit test with
+    // a revocation instead.)
+    let sb = Sandbox::new("dev-refused");
+    sb.keygen("host");
+    sb.keygen("pm");
+    store_without_it(&sb);
+    let host = HostProc::start(&sb, HostArgs::default());
+    for (udp, addr) in [(false, host.tcp.unwrap())] {
+        let a = DeviceArgs { udp, profile: "xx", ..DeviceArgs::new("pm", "PM-X", addr) };
+        let mut p = start_device(&sb, &a);
+        let status = p.wait_exit(Duration::from_secs(30));
+        let status = status.unwrap_or_else(|| panic!("udp {udp}: still running: {}", p.stderr()));
+        assert!(!status.success());
+        assert!(
+            p.wait_stderr(
+                "refused by host: unauthorized (0x0005) (authenticated CLOSE)",
+                Duration::from_secs(2)
+            ),
+            "udp {udp}: {}",
+            p.stderr()
+        );
+        assert!(!p.stderr().contains("retrying"), "udp {udp}: {}", p.stderr());
+    }
+}
+
 /// A trust store (TOFU off) that admits another device, not `pm`.
 fn store_without_it(sb: &Sandbox) {
     sb.keygen("other");
