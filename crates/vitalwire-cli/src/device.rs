@@ -279,7 +279,7 @@ async fn run_udp(
                 };
                 if host_authenticated && e == Error::ClosedByPeer(CloseCode::UNAUTHORIZED) {
                     return Err(format!(
-                        "refused by host: {} (authenticated CLOSE)",
+                        "closed by host: {}: an authenticated refusal, not retried",
                         CloseCode::UNAUTHORIZED
                     ));
                 }
@@ -418,7 +418,10 @@ mod tests {
         host.trust_changed();
         let ended = tokio::time::timeout(Duration::from_secs(20), device).await.expect("the device stopped");
         let reason = ended.unwrap().unwrap_err();
-        assert!(reason.contains("refused by host: unauthorized (0x0005) (authenticated CLOSE)"), "{reason}");
+        assert!(
+            reason.contains("closed by host: unauthorized (0x0005): an authenticated refusal, not retried"),
+            "{reason}"
+        );
         host.shutdown().await;
     }
 

@@ -296,7 +296,7 @@ fn an_authenticated_refusal_stops_the_device_for_good() {
         assert!(!status.success());
         assert!(
             p.wait_stderr(
-                "refused by host: unauthorized (0x0005) (authenticated CLOSE)",
+                "closed by host: unauthorized (0x0005): an authenticated refusal, not retried",
                 Duration::from_secs(2)
             ),
             "udp {udp}: {}",

@@ -266,7 +266,7 @@ fn decide(outcome: &Outcome, failures: u32, config: &ClientConfig, random: u32) 
         Outcome::SessionEnded { code: Some(code), host_authenticated: true, .. }
             if *code == CloseCode::UNAUTHORIZED =>
         {
-            return Step::Stop(format!("refused by host: {code} (authenticated CLOSE)"))
+            return Step::Stop(format!("closed by host: {code}: an authenticated refusal, not retried"))
         }
         _ => {}
     }
