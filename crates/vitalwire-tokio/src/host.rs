@@ -454,6 +454,14 @@ where
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let device_id = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let peer = session.remote_static().fingerprint();
+    // A pairing session waits for the operator's decision (HostConfig::pairing).
+    let mut pairing = None;
+    if let (Some(hook), Some(code)) = (&shared.config.pairing, session.pairing_code()) {
+        let (decision, rx) = tokio::sync::oneshot::channel();
+        let key = *session.remote_static();
+        hook(PairingRequest { session: id, device_id: device_id.clone(), peer, key, code, decision });
+        pairing = Some(rx);
+    }
     session.set_timers(shared.config.timers);
     let _ = session.handle_timeout(now_ts());
     let mut trust = shared.trust_epoch.subscribe();
@@ -464,13 +472,6 @@ where
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Timestamp> = None;
-    let mut pairing = None;
-    if let (Some(hook), Some(code)) = (&shared.config.pairing, session.pairing_code()) {
-        let (decision, rx) = tokio::sync::oneshot::channel();
-        let key = *session.remote_static();
-        hook(PairingRequest { session: id, device_id: device_id.clone(), peer, key, code, decision });
-        pairing = Some(rx);
-    }
     loop {
         let deadline = session.poll_timeout();
         if deadline != armed {
