@@ -283,7 +283,10 @@ async fn run_udp(
                         CloseCode::UNAUTHORIZED
                     ));
                 }
-                format!("disconnected ({e})")
+                match e {
+                    Error::ClosedByPeer(code) => format!("disconnected (closed by host: {code})"),
+                    e => format!("disconnected ({e})"),
+                }
             }
             Err(Error::Handshake(HandshakeError::Rejected(reason))) => {
                 failures += 1;
