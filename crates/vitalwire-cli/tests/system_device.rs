@@ -288,24 +288,22 @@ fn an_authenticated_refusal_stops_the_device_for_good() {
     sb.keygen("pm");
     store_without_it(&sb);
     let host = HostProc::start(&sb, HostArgs::default());
-    for (udp, addr) in [(false, host.tcp.unwrap())] {
-        let a = DeviceArgs { udp, profile: "xx", ..DeviceArgs::new("pm", "PM-X", addr) };
-        let mut p = start_device(&sb, &a);
-        let status = p.wait_exit(Duration::from_secs(30));
-        let status = status.unwrap_or_else(|| panic!("udp {udp}: still running: {}", p.stderr()));
-        assert!(!status.success());
-        assert!(
-            p.wait_stderr(
-                "closed by host: unauthorized (0x0005): an authenticated refusal, not retried",
-                Duration::from_secs(2)
-            ),
-            "udp {udp}: {}",
-            p.stderr()
-        );
-        // (An attempt may end in a reset before the CLOSE is read, when the device's first
-        // frames cross the host's close: then it retries, and the next attempt reads it.)
-        eprintln!("udp {udp}: {}", p.stderr());
-    }
+    let a = DeviceArgs { profile: "xx", ..DeviceArgs::new("pm", "PM-X", host.tcp.unwrap()) };
+    let mut p = start_device(&sb, &a);
+    let status = p.wait_exit(Duration::from_secs(30));
+    let status = status.unwrap_or_else(|| panic!("still running: {}", p.stderr()));
+    assert!(!status.success());
+    assert!(
+        p.wait_stderr(
+            "closed by host: unauthorized (0x0005): an authenticated refusal, not retried",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        p.stderr()
+    );
+    // (An attempt may end in a reset before the CLOSE is read, when the device's first frames
+    // cross the host's close: then it retries, and the next attempt reads it.)
+    eprintln!("{}", p.stderr());
 }
 
 /// A trust store (TOFU off) that admits another device, not `pm`.
