@@ -273,8 +273,10 @@ fn an_injected_reject_does_not_stop_a_udp_device() {
     assert!(streamed.is_some(), "host: {}\ndevice: {}", host.proc.stderr(), dev.stderr());
     assert_eq!(rejects.load(Ordering::SeqCst), 2);
     let err = dev.stderr();
-    assert_eq!(err.matches("refused by host (unknown credential").count(), 2, "{err}");
     assert!(err.contains("session up (UDP)"), "{err}");
+    // Each REJECT either ended an attempt, reported and retried, or (a datagram client that
+    // takes a REJECT as a hint, spec §13.3) was outlived by retransmitted HELLOs.
+    assert!(!err.contains("vitalwire: "), "the device gave up: {err}");
 }
 
 #[test]

@@ -51,6 +51,10 @@ pub struct HostConfig {
     pub responder: ResponderFactory,
     /// The trust policy to re-check open sessions against after [`Host::trust_changed`].
     pub trust: Option<Arc<dyn TrustPolicy>>,
+    /// Called for each pairing session on TCP/streams (spec §12.4) with the code to show the
+    /// operator; the session stays open until the request is decided (default: none, and
+    /// pairing sessions wait for the device to close them).
+    pub pairing: Option<PairingHook>,
     /// Most handshakes in progress at once (default 256).
     pub max_half_open: usize,
     /// Most established sessions (default 10,000).
@@ -71,10 +75,27 @@ pub struct HostConfig {
     pub write_timeout: Duration,
     /// UDP: half-open handshakes above which HELLOs must carry a cookie (default 64).
     pub cookie_threshold: usize,
-    /// Called for each pairing session on TCP/streams (spec §12.4) with the code to show the
-    /// operator; the session stays open until the request is decided (default: none, and
-    /// pairing sessions wait for the device to close them).
-    pub pairing: Option<PairingHook>,
+}
+
+impl HostConfig {
+    /// Defaults around a responder factory.
+    pub fn new(responder: impl Fn() -> ResponderConfig + Send + Sync + 'static) -> Self {
+        HostConfig {
+            responder: Arc::new(responder),
+            trust: None,
+            pairing: None,
+            max_half_open: 256,
+            max_sessions: 10_000,
+            handshake_timeout: Duration::from_secs(5),
+            handshake_burst: 20,
+            handshake_rate: 10.0,
+            timers: TimerConfig::default(),
+            telemetry_buffer: 4096,
+            event_buffer: 4096,
+            write_timeout: Duration::from_secs(10),
+            cookie_threshold: 64,
+        }
+    }
 }
 
 /// Receives the pairing requests of a [`Host`] ([`HostConfig::pairing`]).
@@ -110,27 +131,6 @@ impl PairingRequest {
     /// Whether the pairing session is still open (the device has not gone away).
     pub fn is_open(&self) -> bool {
         !self.decision.is_closed()
-    }
-}
-
-impl HostConfig {
-    /// Defaults around a responder factory.
-    pub fn new(responder: impl Fn() -> ResponderConfig + Send + Sync + 'static) -> Self {
-        HostConfig {
-            responder: Arc::new(responder),
-            trust: None,
-            max_half_open: 256,
-            max_sessions: 10_000,
-            handshake_timeout: Duration::from_secs(5),
-            handshake_burst: 20,
-            handshake_rate: 10.0,
-            timers: TimerConfig::default(),
-            telemetry_buffer: 4096,
-            event_buffer: 4096,
-            write_timeout: Duration::from_secs(10),
-            cookie_threshold: 64,
-            pairing: None,
-        }
     }
 }
 
