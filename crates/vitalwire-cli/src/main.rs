@@ -5,6 +5,7 @@ mod device;
 mod keys_cmd;
 mod monitor;
 mod output;
+mod pairing;
 mod serve;
 
 use std::net::SocketAddr;
@@ -78,7 +79,9 @@ enum Command {
         /// written, failing sinks.
         #[arg(long)]
         status: bool,
-        /// Accept pairing requests from unregistered devices (compare the codes!).
+        /// Accept pairing requests from unregistered devices: each is shown on stderr with the
+        /// device id, key fingerprint and 6-digit code; type `yes CODE` on stdin when the device
+        /// shows the same code (the key is added to the trust store), `no CODE` to refuse.
         #[arg(long)]
         allow_pairing: bool,
         /// Stop after this many seconds (default: run until SIGTERM or Ctrl-C).
@@ -96,12 +99,15 @@ enum Command {
         max_half_open: usize,
     },
     /// Run a simulated patient monitor (heart rate, SpO2, blood pressure, ECG-like waveform,
-    /// alarms) sending to a host.
+    /// alarms) sending to a host. It reconnects with backoff whenever the link fails or the
+    /// host refuses it with a (unauthenticated) REJECT; it stops for good only on an
+    /// authenticated refusal (CLOSE UNAUTHORIZED), --max-attempts, or --seconds.
     Device {
         /// The device's private key file.
         #[arg(long)]
         key: PathBuf,
-        /// The host's public key file.
+        /// The host's public key file. With --pair a file that does not exist yet is written
+        /// with the host key learned (and confirmed) in the pairing.
         #[arg(long)]
         host_key: PathBuf,
         /// The host address.
@@ -110,7 +116,8 @@ enum Command {
         /// Use UDP (datagram mode) instead of TCP.
         #[arg(long)]
         udp: bool,
-        /// The device id (must match the trust store entry).
+        /// The device id (must match the trust store entry): 1 to 64 bytes of UTF-8, no
+        /// control characters.
         #[arg(long)]
         id: String,
         /// Handshake profile: xx, ik, kk (xxpsk3 needs a provisioned PSK; not from the CLI).
@@ -119,12 +126,20 @@ enum Command {
         /// Cipher suite: chachapoly or aesgcm.
         #[arg(long, default_value = "chachapoly", value_parser = ["chachapoly", "aesgcm"])]
         suite: String,
-        /// Ticks per second (numerics + waveform block, sometimes an alarm).
+        /// Ticks per second, 0.01 to 1000 (numerics + waveform block, sometimes an alarm).
         #[arg(long, default_value_t = 4.0)]
         rate: f64,
-        /// Stop after this many seconds (default: run until killed).
+        /// Stop this many seconds after start, whatever the link does (default: run until
+        /// killed); exits non-zero if no session came up in that time.
         #[arg(long)]
         seconds: Option<u64>,
+        /// Give up after this many failed connection attempts in a row (default: never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_attempts: Option<u32>,
+        /// Pair with a host started with --allow-pairing first (TCP, XX): print the 6-digit
+        /// code, wait for `yes` on stdin once the host shows the same code, then stream.
+        #[arg(long)]
+        pair: bool,
     },
     /// Generate a static keypair: FILE (private, mode 0600) and FILE.pub, and print the
     /// fingerprint.
@@ -196,6 +211,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn main() {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { devices, frames, interval_ms, quiet, no_rogue } => runtime().and_then(|rt| {
@@ -236,9 +252,21 @@ fn main() {
                 max_half_open,
             }))
         }),
-        Command::Device { key, host_key, connect, udp, id, profile, suite, rate, seconds } => runtime()
-            .and_then(|rt| {
-                rt.block_on(device::run(device::DeviceOptions {
+        Command::Device {
+            key,
+            host_key,
+            connect,
+            udp,
+            id,
+            profile,
+            suite,
+            rate,
+            seconds,
+            max_attempts,
+            pair,
+        } => runtime().and_then(|rt| {
+            rt.block_on(device::run(
+                device::DeviceOptions {
                     key,
                     host_key,
                     connect,
@@ -248,8 +276,12 @@ fn main() {
                     suite: CipherSuite::from_name(&suite).unwrap_or_default(),
                     rate,
                     duration: seconds.map(Duration::from_secs),
-                }))
-            }),
+                    max_attempts,
+                    pair,
+                },
+                started,
+            ))
+        }),
         Command::Keygen { out, comment } => keys_cmd::keygen(&out, &comment),
         Command::Fingerprint { file } => keys_cmd::fingerprint(&file),
         Command::Trust { store, command } => keys_cmd::trust(

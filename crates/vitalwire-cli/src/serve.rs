@@ -356,6 +356,12 @@ pub async fn run(opts: HostOptions) -> Result<(), String> {
             .allow_pairing(pairing)
     });
     config.trust = Some(store.clone());
+    if opts.pairing {
+        // Pairing requests are shown on stderr and confirmed on stdin (crate::pairing).
+        let (hook, prompt) = crate::pairing::host_prompt(store.clone());
+        config.pairing = Some(hook);
+        tokio::spawn(prompt);
+    }
     config.handshake_burst = opts.handshake_burst;
     config.handshake_rate = opts.handshake_rate;
     config.max_half_open = opts.max_half_open;

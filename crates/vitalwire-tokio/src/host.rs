@@ -58,6 +58,10 @@ pub struct HostConfig {
     pub responder: ResponderFactory,
     /// The trust policy to re-check open sessions against after [`Host::trust_changed`].
     pub trust: Option<Arc<dyn TrustPolicy>>,
+    /// Called for each pairing session on TCP/streams (spec §12.4) with the code to show the
+    /// operator; the session stays open until the request is decided (default: none, and
+    /// pairing sessions wait for the device to close them).
+    pub pairing: Option<PairingHook>,
     /// Most handshakes in progress at once (default 256).
     pub max_half_open: usize,
     /// Most established sessions (default 10,000): a TCP session is refused when TCP and UDP
@@ -100,6 +104,7 @@ impl HostConfig {
         HostConfig {
             responder: Arc::new(responder),
             trust: None,
+            pairing: None,
             max_half_open: 256,
             max_sessions: 10_000,
             handshake_timeout: Duration::from_millis(vitalwire::handshake::DEFAULT_HANDSHAKE_TIMEOUT_MS),
@@ -137,6 +142,42 @@ impl HostConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Receives the pairing requests of a [`Host`] ([`HostConfig::pairing`]).
+pub type PairingHook = Arc<dyn Fn(PairingRequest) + Send + Sync>;
+
+/// A pairing session waiting for the host operator's decision. Show [`PairingRequest::code`]
+/// with the device id and fingerprint; when the operator confirms that the device shows the
+/// same code, add [`PairingRequest::key`] to the trust store and call
+/// [`PairingRequest::decide`] with `true`: the session ends with CLOSE `NORMAL`, which tells
+/// the device it was admitted. `false`, or dropping the request, ends it with CLOSE
+/// `UNAUTHORIZED`.
+#[derive(Debug)]
+pub struct PairingRequest {
+    /// The host's number for the session.
+    pub session: u64,
+    /// The device id the device presented.
+    pub device_id: String,
+    /// The device key's fingerprint.
+    pub peer: Fingerprint,
+    /// The device's static key.
+    pub key: vitalwire::PublicKey,
+    /// The code both ends show.
+    pub code: vitalwire::PairingCode,
+    decision: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl PairingRequest {
+    /// Ends the pairing session: `true` admitted (CLOSE `NORMAL`), `false` refused.
+    pub fn decide(self, admitted: bool) {
+        let _ = self.decision.send(admitted);
+    }
+
+    /// Whether the pairing session is still open (the device has not gone away).
+    pub fn is_open(&self) -> bool {
+        !self.decision.is_closed()
     }
 }
 
@@ -596,6 +637,14 @@ where
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let device_id = session.peer_identity().map(|i| i.device_id.clone()).unwrap_or_default();
     let peer = session.remote_static().fingerprint();
+    // A pairing session waits for the operator's decision (HostConfig::pairing).
+    let mut pairing = None;
+    if let (Some(hook), Some(code)) = (&shared.config.pairing, session.pairing_code()) {
+        let (decision, rx) = tokio::sync::oneshot::channel();
+        let key = *session.remote_static();
+        hook(PairingRequest { session: id, device_id: device_id.clone(), peer, key, code, decision });
+        pairing = Some(rx);
+    }
     session.set_timers(shared.config.timers);
     // Timers run on the monotonic clock: a wall-clock step neither fires nor freezes them.
     let _ = session.handle_timeout(clock::monotonic());
@@ -631,6 +680,17 @@ where
                 if let Some(policy) = &shared.config.trust {
                     done = session.recheck(policy.as_ref()).is_err();
                 }
+            }
+            admitted = async {
+                match pairing.as_mut() {
+                    // A dropped request is a refusal.
+                    Some(decision) => decision.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            }, if pairing.is_some() => {
+                pairing = None;
+                let code = if admitted { CloseCode::NORMAL } else { CloseCode::UNAUTHORIZED };
+                let _ = session.close(code, &mut out);
             }
             _ = &mut timer => {
                 armed = None;

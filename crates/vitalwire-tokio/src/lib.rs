@@ -24,6 +24,6 @@ pub mod host;
 pub mod limits;
 pub mod udp;
 
-pub use client::{ClientConfig, ClientEvent, DeviceClient};
+pub use client::{ClientConfig, ClientEvent, DeviceClient, PairingOutcome, PairingSession};
 pub use codec::FrameCodec;
-pub use host::{Host, HostConfig, HostStats, Telemetry};
+pub use host::{Host, HostConfig, HostStats, PairingHook, PairingRequest, Telemetry};

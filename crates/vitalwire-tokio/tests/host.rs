@@ -263,8 +263,13 @@ async fn unknown_devices_are_refused_and_revoked_ones_cut_off() {
     host.trust_changed();
     let reason = timeout(Duration::from_secs(5), async {
         loop {
-            if let Some(ClientEvent::Disconnected { reason, .. }) = dev.next_event().await {
-                return reason;
+            // An authenticated CLOSE UNAUTHORIZED stops the client for good.
+            match dev.next_event().await {
+                Some(ClientEvent::Stopped { reason }) | Some(ClientEvent::Disconnected { reason, .. }) => {
+                    return reason
+                }
+                Some(_) => {}
+                None => panic!("client ended without a reason"),
             }
         }
     })

@@ -162,6 +162,18 @@ impl InitiatorConfig {
         self
     }
 
+    /// Whether a completed handshake with this configuration proves who the host is: `IK`
+    /// and `KK` (the host key is given), `XXpsk3` (the pre-shared key), `XX` only with pinned
+    /// host keys. Without that, anyone can play the host, and nothing it sends (a CLOSE
+    /// `UNAUTHORIZED`, say) is the real host's word.
+    pub fn authenticates_host(&self) -> bool {
+        match self.profile {
+            Profile::Ik | Profile::Kk => self.remote_key.is_some(),
+            Profile::XxPsk3 => self.psk.is_some(),
+            _ => !self.pinned_host_keys.is_empty(),
+        }
+    }
+
     /// The pre-shared key and its id (1 to 32 bytes), required for `XXpsk3`.
     pub fn psk(mut self, id: &[u8], psk: Psk) -> Self {
         self.psk = Some((id.to_vec(), psk));

@@ -112,9 +112,27 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with stdout and stderr piped (stdout is left to the caller).
-    pub fn spawn(mut cmd: Command) -> Proc {
+    pub fn spawn(cmd: Command) -> Proc {
+        Proc::spawn_stdin(cmd, Stdio::null())
+    }
+
+    /// Like [`Proc::spawn`], with stdin piped too: an operator typing ([`Proc::type_line`]).
+    pub fn spawn_with_stdin(cmd: Command) -> Proc {
+        Proc::spawn_stdin(cmd, Stdio::piped())
+    }
+
+    /// Writes `line` and a newline to the process's stdin (spawned with
+    /// [`Proc::spawn_with_stdin`]).
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("spawned with stdin piped");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    fn spawn_stdin(mut cmd: Command, stdin: Stdio) -> Proc {
         let mut child =
-            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+            cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = BufReader::new(child.stderr.take().unwrap());
         let sink = stderr.clone();
@@ -212,6 +230,16 @@ impl HostProc {
     /// Starts `vitalwire host --key host.key --trust trust.vw` in `sb` writing telemetry to
     /// `telemetry.jsonl` and events to `events.jsonl`, and waits for its listening lines.
     pub fn start(sb: &Sandbox, args: HostArgs<'_>) -> HostProc {
+        HostProc::start_inner(sb, args, false)
+    }
+
+    /// Like [`HostProc::start`], with the host's stdin piped (an operator at the gateway:
+    /// [`Proc::type_line`] on `proc`).
+    pub fn start_with_stdin(sb: &Sandbox, args: HostArgs<'_>) -> HostProc {
+        HostProc::start_inner(sb, args, true)
+    }
+
+    fn start_inner(sb: &Sandbox, args: HostArgs<'_>, stdin: bool) -> HostProc {
         let telemetry = sb.path("telemetry.jsonl");
         let events = sb.path("events.jsonl");
         let mut cmd = bin();
@@ -226,7 +254,7 @@ impl HostProc {
             cmd.args(["--udp", &a]);
         }
         cmd.args(args.extra);
-        let proc = Proc::spawn(cmd);
+        let proc = if stdin { Proc::spawn_with_stdin(cmd) } else { Proc::spawn(cmd) };
         let mut host = HostProc { proc, tcp: None, udp: None, telemetry, events };
         let ready = wait_until(Duration::from_secs(30), || {
             let err = host.proc.stderr();
