@@ -83,6 +83,15 @@ fn check_keys(keys: &Keypair, host_key: Option<&PublicKey>) -> Result<(), String
     Ok(())
 }
 
+/// Whether the file begins as a private key file does (only its first bytes are read: the
+/// file may be anything, `/dev/zero` included; the key file reader refuses what is not a key).
+fn starts_like_a_private_key_file(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64);
+    std::fs::File::open(path).and_then(|f| f.take(64).read_to_end(&mut head)).is_ok()
+        && String::from_utf8_lossy(&head).trim_start().starts_with("vitalwire private key")
+}
+
 pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(), String> {
     check_options(&opts)?;
     let keys = keyfile::read_private_key(&opts.key).map_err(|e| format!("--key: {e}"))?;
@@ -93,9 +102,7 @@ pub async fn run(opts: DeviceOptions, started: std::time::Instant) -> Result<(),
     } else {
         // keyfile reads the public half of a private key file too; on a device that would
         // mean the host's secret was copied to it.
-        if std::fs::read_to_string(&opts.host_key)
-            .is_ok_and(|t| t.trim_start().starts_with("vitalwire private key"))
-        {
+        if starts_like_a_private_key_file(&opts.host_key) {
             return Err("--host-key is a private key file: give the host's public key (the .pub file); \
                         the host's private key must never be copied to a device"
                 .into());

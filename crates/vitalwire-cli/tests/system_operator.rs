@@ -136,3 +136,34 @@ fn a_host_killed_with_sigkill_and_restarted_gets_its_tcp_device_back() {
     assert!(established.iter().any(|e| e["device_id"] == "PM-1"), "{established:?}");
     assert!(device.stderr().contains("disconnected"), "{}", device.stderr());
 }
+
+#[test]
+fn a_host_killed_with_sigkill_and_restarted_gets_its_udp_device_back() {
+    let sb = Sandbox::new("kill9-udp");
+    sb.keygen("host");
+    sb.keygen("pm1");
+    sb.trust_add("pm1", "PM-1");
+    let mut host = HostProc::start(&sb, HostArgs { tcp: false, udp: true, ..HostArgs::default() });
+    let addr = host.udp.unwrap();
+    let mut device = start_device(&sb, &DeviceArgs { udp: true, ..DeviceArgs::new("pm1", "PM-1", addr) });
+    assert!(
+        wait_until(Duration::from_secs(30), || host.telemetry().len() >= 10).is_some(),
+        "{}",
+        device.stderr()
+    );
+    host.proc.signal("KILL");
+    assert!(host.proc.wait_exit(Duration::from_secs(10)).is_some());
+    let before = host.telemetry().len();
+    std::thread::sleep(Duration::from_millis(500));
+    let host =
+        HostProc::start(&sb, HostArgs { tcp: false, udp: true, udp_addr: Some(addr), ..HostArgs::default() });
+    // A UDP device learns of the lost session from its dead-peer timer (or the host's answer to
+    // a packet for an index it does not know) and handshakes again.
+    let back = wait_until(Duration::from_secs(60), || host.telemetry().len() >= before + 10);
+    assert!(
+        back.is_some(),
+        "the UDP device did not come back (exited: {:?}): {}",
+        device.wait_exit(Duration::ZERO),
+        device.stderr()
+    );
+}
