@@ -48,7 +48,8 @@ fn parse_code(s: &str) -> Option<u32> {
     (s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
 }
 
-/// `yes CODE`, `no CODE`, a bare `CODE` (yes), or `yes`/`no` alone (the only pending request).
+/// `yes CODE`, `no CODE`, a bare `CODE` (yes), or `yes`/`no` alone (the only pending request;
+/// a bare `yes` is refused by `choose`: admitting takes the code).
 fn parse_host_line(line: &str) -> Option<HostAnswer> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let yes = |w: &str| matches!(w.to_ascii_lowercase().as_str(), "yes" | "y" | "pair" | "confirm");
@@ -124,32 +125,45 @@ async fn run_host_prompt(
     }
 }
 
+/// Which pending request (by its code) an answer is about, and whether it admits it; or why
+/// nothing is done. Admitting always takes the code: it is what ties the operator's comparison
+/// to the key being admitted (a bare `yes` could admit a request that replaced the one the
+/// operator compared). A bare `no` refuses the only pending request.
+fn choose(answer: HostAnswer, codes: &[u32]) -> Result<(bool, usize), String> {
+    let (admit, code) = match answer {
+        HostAnswer::Yes(c) => (true, c),
+        HostAnswer::No(c) => (false, c),
+    };
+    match code {
+        None if admit => {
+            Err("to admit, type `yes CODE` with the code the device shows (nothing admitted)".into())
+        }
+        None if codes.len() == 1 => Ok((false, 0)),
+        None => Err(format!("{} pairing requests are waiting: give the code", codes.len())),
+        Some(c) => match codes.iter().position(|&p| p == c) {
+            Some(index) => Ok((admit, index)),
+            // The operator read a different code off the device. Nothing is admitted; the
+            // requests stay until refused or expired.
+            None => Err(format!(
+                "no pairing request has code {c:06}: nothing admitted (if the device shows a code \
+                 the host does not, refuse the request: someone may be in the middle)"
+            )),
+        },
+    }
+}
+
 fn answer(store: &TrustStore, pending: &mut Vec<(PairingRequest, Instant)>, line: &str) {
     let Some(a) = parse_host_line(line) else {
         eprintln!("vitalwire host: type `yes CODE` to admit a pairing request or `no CODE` to refuse it");
         return;
     };
-    let (admit, code) = match a {
-        HostAnswer::Yes(c) => (true, c),
-        HostAnswer::No(c) => (false, c),
-    };
-    let index = match code {
-        Some(c) => pending.iter().position(|(r, _)| r.code.value() == c),
-        None if pending.len() == 1 => Some(0),
-        None => {
-            eprintln!("vitalwire host: {} pairing requests are waiting: give the code", pending.len());
+    let codes: Vec<u32> = pending.iter().map(|(r, _)| r.code.value()).collect();
+    let (admit, index) = match choose(a, &codes) {
+        Ok(choice) => choice,
+        Err(why) => {
+            eprintln!("vitalwire host: {why}");
             return;
         }
-    };
-    let Some(index) = index else {
-        // A code no request has: the operator read a different code off the device. Nothing
-        // is admitted; the requests stay until refused or expired.
-        eprintln!(
-            "vitalwire host: no pairing request has code {}: nothing admitted (if the device shows a \
-             code the host does not, refuse the request: someone may be in the middle)",
-            code.map(|c| format!("{c:06}")).unwrap_or_default()
-        );
-        return;
     };
     let (request, _) = pending.remove(index);
     if !admit {
@@ -202,6 +216,18 @@ mod tests {
         assert_eq!(parse_host_line("1234567"), None);
         assert_eq!(parse_host_line("maybe 123456"), None);
         assert_eq!(parse_host_line("yes +12345"), None);
+    }
+
+    #[test]
+    fn admitting_takes_the_code() {
+        // A bare yes never admits, not even the only request.
+        assert!(choose(HostAnswer::Yes(None), &[123_456]).is_err());
+        assert_eq!(choose(HostAnswer::Yes(Some(123_456)), &[111_111, 123_456]), Ok((true, 1)));
+        assert!(choose(HostAnswer::Yes(Some(222_222)), &[123_456]).is_err(), "a code nobody has");
+        // Refusing is safe without the code when one request waits.
+        assert_eq!(choose(HostAnswer::No(None), &[123_456]), Ok((false, 0)));
+        assert!(choose(HostAnswer::No(None), &[1, 2]).is_err());
+        assert_eq!(choose(HostAnswer::No(Some(2)), &[1, 2]), Ok((false, 1)));
     }
 
     #[test]

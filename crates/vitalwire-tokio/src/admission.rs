@@ -203,6 +203,8 @@ where
     // lives at most until the handshake deadline, so a replayed HELLO holds nothing beyond
     // it; an honest device confirms within a round trip and is never evicted for it.
     drop(ticket);
+    // Still shown among the handshakes in progress (`HostStats::half_open`, the status line).
+    let _confirming = crate::host::Gauge::up(&shared.counters.half_open);
     let confirmed = crate::host::confirm(shared, framed, &mut session, deadline, source).await;
     confirmed.ok().map(|first| (session, first))
 }

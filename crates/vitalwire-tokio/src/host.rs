@@ -32,10 +32,11 @@ use crate::clock;
 use crate::codec::{FrameCodec, LinkError};
 use crate::limits::RateLimiter;
 
-/// The wall clock as a vitalwire timestamp (milliseconds since the Unix epoch): for stamps
-/// only. Timers run on [`clock::monotonic`].
+/// The time the adapters stamp events with: [`clock::monotonic`] (the wall clock read once,
+/// plus monotonic time since), so that the event aggregator's intervals, which run on these
+/// stamps, are neither frozen nor skipped by a wall-clock step (issue #14.6).
 pub fn now_ts() -> Timestamp {
-    clock::wall()
+    clock::monotonic()
 }
 
 /// Resolves once the shutdown flag is set.
@@ -490,10 +491,10 @@ impl Host {
 }
 
 /// Decrements a counter when dropped.
-struct Gauge<'a>(&'a AtomicUsize);
+pub(crate) struct Gauge<'a>(&'a AtomicUsize);
 
 impl<'a> Gauge<'a> {
-    fn up(c: &'a AtomicUsize) -> Self {
+    pub(crate) fn up(c: &'a AtomicUsize) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
         Gauge(c)
     }

@@ -146,3 +146,16 @@ async fn host_timers_ignore_wall_clock_steps() {
     step_wall_clock_for_testing_only(-86_400_000);
     host.shutdown().await;
 }
+
+/// Event stamps, and with them the event aggregator's intervals (which run on those stamps),
+/// come from the monotonic clock: a backward wall-clock step of an hour neither sends them back
+/// in time nor freezes the per-source windows for that hour.
+#[test]
+fn event_stamps_ignore_wall_clock_steps() {
+    let before = vitalwire_tokio::host::now_ts();
+    vitalwire_tokio::clock::step_wall_clock_for_testing_only(-3_600_000);
+    let after = vitalwire_tokio::host::now_ts();
+    vitalwire_tokio::clock::step_wall_clock_for_testing_only(3_600_000);
+    assert!(after >= before, "an event stamp went back in time: {before:?} then {after:?}");
+    assert!(after.0 - before.0 < 60_000, "{before:?} then {after:?}");
+}

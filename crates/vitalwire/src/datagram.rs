@@ -181,9 +181,9 @@ impl Retransmit {
     fn new(packet: Vec<u8>, now: Timestamp, config: &DatagramConfig) -> Self {
         Retransmit {
             packet,
-            at: Timestamp(now.0 + config.initial_rto_ms),
+            at: Timestamp(now.0.saturating_add(config.initial_rto_ms)),
             rto: config.initial_rto_ms,
-            give_up: Timestamp(now.0 + config.handshake_timeout_ms),
+            give_up: Timestamp(now.0.saturating_add(config.handshake_timeout_ms)),
             due: false,
         }
     }
@@ -192,8 +192,8 @@ impl Retransmit {
     fn tick(&mut self, now: Timestamp, max_rto: u64) {
         if now >= self.at {
             self.due = true;
-            self.rto = (self.rto * 2).min(max_rto);
-            self.at = Timestamp(now.0 + self.rto);
+            self.rto = self.rto.saturating_mul(2).min(max_rto);
+            self.at = Timestamp(now.0.saturating_add(self.rto));
         }
     }
 }
@@ -591,7 +591,7 @@ impl DatagramSession {
             let previous = before.unwrap_or_else(|| core::mem::replace(&mut self.rx, new_rx.next_epoch()));
             // `before` is the key of epoch-1 when we skipped; otherwise the old current key.
             self.rx = new_rx;
-            self.rx_prev = Some((previous, Timestamp(now.0 + self.config.key_grace_ms)));
+            self.rx_prev = Some((previous, Timestamp(now.0.saturating_add(self.config.key_grace_ms))));
             while self.rx_epoch < epoch {
                 self.rx_epoch += 1;
                 self.events.push(EventKind::Rekeyed { direction: Direction::Inbound });

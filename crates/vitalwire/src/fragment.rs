@@ -186,15 +186,15 @@ impl Reassembler {
 
     /// When the oldest partial message expires.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.partial.iter().map(|p| Timestamp(p.started.0 + self.limits.timeout_ms)).min()
+        self.partial.iter().map(|p| Timestamp(p.started.0.saturating_add(self.limits.timeout_ms))).min()
     }
 
     /// Drops partial messages older than the timeout; returns how many.
     pub fn handle_timeout(&mut self, now: Timestamp) -> usize {
         let timeout = self.limits.timeout_ms;
         let before = self.partial.len();
-        self.partial.retain(|p| now.0 < p.started.0 + timeout);
-        self.recent.retain(|(_, t)| now.0 < t.0 + timeout);
+        self.partial.retain(|p| now.0 < p.started.0.saturating_add(timeout));
+        self.recent.retain(|(_, t)| now.0 < t.0.saturating_add(timeout));
         let expired = before - self.partial.len();
         self.drops += expired as u64;
         expired

@@ -1524,3 +1524,42 @@ fn a_forged_but_valid_xx_message_2_is_undone_and_the_genuine_one_completes() {
     }
     assert_eq!((dev.error(), now), (Some(Error::Handshake(HandshakeError::UnexpectedPeerKey)), 5_000));
 }
+
+/// Times are the caller's: the largest and the smallest never panic and never wrap (a wrapped
+/// deadline would fire every timer at once or none), in the client, the host and reassembly.
+#[test]
+fn extreme_times_never_panic_in_datagram_mode() {
+    let k = keys();
+    for start in [Timestamp(0), Timestamp(u64::MAX - 1), Timestamp(u64::MAX)] {
+        let mut h = host(params(1 << 20), dconfig());
+        let mut c = DatagramClient::new(
+            initiator_config(Profile::Ik, CipherSuite::default(), &k),
+            7,
+            dconfig(),
+            start,
+        )
+        .unwrap();
+        // Deadlines saturate at the end of time rather than wrap to the past.
+        if let Some(t) = c.poll_timeout() {
+            assert!(t >= start, "{start:?}: deadline {t:?} before now");
+        }
+        let hello = c.poll_transmit(start).unwrap();
+        let _ = h.handle_packet(1, BytesMut::from(&hello[..]), start);
+        if let Some((_, resp)) = h.poll_transmit() {
+            let _ = c.handle_packet(BytesMut::from(&resp[..]), start);
+        }
+        let _ = c.handle_timeout(start);
+        h.handle_timeout(start);
+        let _ = c.handle_timeout(Timestamp(u64::MAX));
+        h.handle_timeout(Timestamp(u64::MAX));
+        let mut r = vitalwire::fragment::Reassembler::new(ReassemblyLimits::default());
+        let pieces = vitalwire::fragment::split(&[7u8; 100], 40, 1).unwrap();
+        let _ = r.push(&pieces[0], start);
+        assert!(r.poll_timeout().unwrap() >= start);
+        if start < Timestamp(u64::MAX) {
+            // (At the very last instant every deadline has come: nothing later exists.)
+            assert_eq!(r.handle_timeout(start), 0, "{start:?}: a partial message expired at once");
+        }
+        r.handle_timeout(Timestamp(u64::MAX));
+    }
+}
