@@ -481,7 +481,9 @@ pub const AGGREGATE_MAX_TRACKED: usize = 4_096;
 /// all sources together (default): a flood from many sources cannot flood the log either.
 pub const AGGREGATE_MAX_LINES: u64 = 1_000;
 
-type AggregateKey = (Option<IpAddr>, &'static str);
+/// Source address, event name and the peer's key: devices behind one address (a NAT, a
+/// gateway) get a budget each, so one device's alerts never hide another's.
+type AggregateKey = (Option<IpAddr>, &'static str, Option<Fingerprint>);
 
 #[derive(Debug)]
 struct Window {
@@ -583,7 +585,7 @@ impl EventAggregator {
         if event.severity == Severity::Info {
             return Some(event);
         }
-        let key = (event.source, event.kind.detailed_name());
+        let key = (event.source, event.kind.detailed_name(), event.peer);
         if let Some(w) = self.windows.get_mut(&key) {
             w.seen += 1;
             if w.seen > self.per_interval {
@@ -701,12 +703,12 @@ impl EventAggregator {
         self.overflow_end = None;
         // At most one summary per event name: bounded by the number of kinds.
         for (of, count) in core::mem::take(&mut self.overflow) {
-            self.ready.push_back(Self::summary((None, of), count, at));
+            self.ready.push_back(Self::summary((None, of, None), count, at));
         }
     }
 
     fn summary(key: AggregateKey, count: u64, at: Timestamp) -> SecurityEvent {
-        SecurityEvent::new(EventKind::EventsSuppressed { of: key.1, count }, at, None, None)
+        SecurityEvent::new(EventKind::EventsSuppressed { of: key.1, count }, at, key.2, None)
             .from_source(key.0)
     }
 }
@@ -768,6 +770,32 @@ mod aggregator_tests {
 
     fn drain(a: &mut EventAggregator, now: u64) -> alloc::vec::Vec<SecurityEvent> {
         core::iter::from_fn(|| a.poll_summary(Timestamp(now))).collect()
+    }
+
+    #[test]
+    fn devices_behind_one_address_each_get_their_own_budget() {
+        let mut a = EventAggregator::new(3, 1_000, 16);
+        let from = Some(IpAddr::from([192, 0, 2, 9]));
+        let alert = |peer: u8, t: u64| {
+            SecurityEvent::new(
+                EventKind::AuthenticationFailure,
+                Timestamp(t),
+                Some(Fingerprint([peer; 10])),
+                None,
+            )
+            .from_source(from)
+        };
+        // Device 1 floods: its own alerts are held back after 3 ...
+        let passed = (0..50).filter(|i| a.admit(alert(1, 10 + i)).is_some()).count();
+        assert_eq!(passed, 3);
+        // ... but device 2 behind the same address is still heard, by name.
+        let other = a.admit(alert(2, 100)).expect("another device's alert passes");
+        assert_eq!(other.peer, Some(Fingerprint([2; 10])));
+        // The summary names the device whose alerts it counts.
+        let s = drain(&mut a, 2_000);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].peer, Some(Fingerprint([1; 10])));
+        assert_eq!(s[0].kind, EventKind::EventsSuppressed { of: "authentication_failure", count: 47 });
     }
 
     #[test]
