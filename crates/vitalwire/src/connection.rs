@@ -347,9 +347,8 @@ impl Connection {
         channel: u8,
         payload: &[u8],
     ) -> Result<BytesMut, Error> {
-        self.with_session(|s, _| {
-            let mut out = BytesMut::new();
-            s.seal_raw_for_testing_only(kind, flags, channel, payload, &mut out).map(|()| out)
+        self.seal_after_pending(payload.len() + 32, |s, out| {
+            s.seal_raw_for_testing_only(kind, flags, channel, payload, out)
         })
     }
 
